@@ -1,0 +1,67 @@
+"""``create_app(settings)``: keys, cleanup contexts, middleware and routes; nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from servegate import keys
+from servegate.auth.callers import AllowAnonymous, AuthHolder, BearerTokenAuthenticator
+from servegate.config import ConfigHolder, ConfigSource
+from servegate.ingress.body import MAX_BODY_BYTES
+from servegate.ingress.middleware import add_request_id, gateway_middleware
+from servegate.ingress.routes import setup_routes
+from servegate.records.metrics import Metrics
+from servegate.reload import publish_readiness, watcher_context
+from servegate.secretstore import SecretStore
+from servegate.transport.client import Timeouts, UpstreamClient
+from servegate.transport.credentials import DEFAULT_AUTHORITY_HOST, CredentialRegistry
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything the gateway is configured with; the CLI builds it, nothing else parses argv."""
+
+    paths: tuple[Path, ...]
+    secrets_dir: Path | None = None
+    auth_file: Path | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    entra_authority_host: str = DEFAULT_AUTHORITY_HOST
+    watch: bool = True
+
+
+async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    await app[keys.upstream_client].start()
+    yield
+    await app[keys.upstream_client].close()
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    """Build the gateway. Loads the config (blocking) so a bad auth file fails here, early."""
+    auth = (
+        AuthHolder(BearerTokenAuthenticator.from_file(settings.auth_file), settings.auth_file)
+        if settings.auth_file is not None
+        else AuthHolder(AllowAnonymous())
+    )
+    source = ConfigSource(
+        settings.paths,
+        SecretStore(settings.secrets_dir),
+        CredentialRegistry(settings.entra_authority_host),
+    )
+    app = web.Application(middlewares=[gateway_middleware], client_max_size=MAX_BODY_BYTES)
+    app[keys.auth_holder] = auth
+    app[keys.config_holder] = ConfigHolder(source, source.load())
+    app[keys.metrics] = Metrics()
+    app[keys.upstream_client] = UpstreamClient(settings.timeouts)
+    publish_readiness(app)
+    app.cleanup_ctx.append(_upstream_client_ctx)
+    if settings.watch:
+        watched = [*settings.paths]
+        watched += [p for p in (settings.secrets_dir, settings.auth_file) if p is not None]
+        app.cleanup_ctx.append(watcher_context(watched))
+    app.on_response_prepare.append(add_request_id)
+    setup_routes(app)
+    return app

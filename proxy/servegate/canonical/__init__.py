@@ -1,0 +1,1 @@
+"""Provider-neutral request, response and usage types (OpenAI-shaped), shared by every translator."""

@@ -1,0 +1,171 @@
+"""The unified query bodies clients send (chat, completions, embeddings) and their validation.
+
+Clients always speak the OpenAI-style format; the Databricks ``/invocations`` body is the same
+plus a few gateway-only fields (``extra_params``, ``client_request_id``, ``usage_context``).
+The models validate the parameters the gateway understands and keep every other key
+(``extra="allow"``): provider extras pass through, and each translator decides what its
+provider accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from servegate.ingress.errors import BadRequest, InvalidParameter
+from servegate.spec.endpoint import Task
+
+_ALLOW = ConfigDict(extra="allow")
+
+# Fields the gateway consumes itself; they are never forwarded to a provider.
+GATEWAY_FIELDS = frozenset({"extra_params", "client_request_id", "usage_context", "model"})
+# Custom-model input formats (databricks-api.md §3.1): meaningless on an LLM endpoint.
+_CUSTOM_MODEL_FIELDS = ("dataframe_records", "dataframe_split", "instances", "inputs")
+# The field that says which task a body is for.
+_TASK_FIELD = {Task.CHAT: "messages", Task.COMPLETIONS: "prompt", Task.EMBEDDINGS: "input"}
+
+
+class ChatMessage(BaseModel):
+    model_config = _ALLOW
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class _Generation(BaseModel):
+    """Sampling parameters shared by chat and completions."""
+
+    model_config = _ALLOW
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, gt=0)
+    n: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+
+
+class ChatRequest(_Generation):
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class CompletionsRequest(_Generation):
+    prompt: str | list[str]
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = _ALLOW
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, gt=0)
+
+
+_MODELS: dict[Task, type[BaseModel]] = {
+    Task.CHAT: ChatRequest,
+    Task.COMPLETIONS: CompletionsRequest,
+    Task.EMBEDDINGS: EmbeddingsRequest,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    """One validated query: what to send on (``payload``) and what the gateway keeps."""
+
+    task: Task
+    payload: dict[str, Any]
+    stream: bool
+    client_request_id: str | None = None
+    usage_context: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def include_usage_requested(self) -> bool:
+        options = self.payload.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def parse_query(task: Task, body: object) -> QueryRequest:
+    """Validate a client body against the endpoint's task; raise BadRequest naming the field."""
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    for name in _CUSTOM_MODEL_FIELDS:
+        if name in body:
+            raise BadRequest(
+                f"'{name}' is a custom-model input format; this endpoint serves {task} "
+                f"and takes '{_TASK_FIELD[task]}'."
+            )
+    expected = _TASK_FIELD[task]
+    if expected not in body:
+        found = [f"'{f}'" for t, f in _TASK_FIELD.items() if t != task and f in body]
+        hint = f" (the body has {', '.join(found)}, which belongs to another task)" if found else ""
+        raise BadRequest(f"This endpoint serves {task}: the body needs '{expected}'{hint}.")
+
+    merged = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    merged.update(_decode_extra_params(body.get("extra_params")))
+    try:
+        model = _MODELS[task].model_validate(merged)
+    except ValidationError as exc:
+        raise InvalidParameter(_describe(exc)) from None
+    payload = model.model_dump(mode="json", exclude_unset=True)
+    return QueryRequest(
+        task=task,
+        payload=payload,
+        stream=bool(payload.get("stream")),
+        client_request_id=_optional_str(body, "client_request_id"),
+        usage_context=_usage_context(body.get("usage_context")),
+    )
+
+
+def _decode_extra_params(extra: object) -> dict[str, Any]:
+    """``extra_params`` is map<string,string> in databricks-sdk: decode JSON-looking values.
+
+    ``{"top_p": "0.5", "logit_bias": "{\\"50256\\": -100}", "user": "ana"}`` becomes
+    ``{"top_p": 0.5, "logit_bias": {"50256": -100}, "user": "ana"}``.
+    """
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict):
+        raise InvalidParameter("extra_params: must be an object of parameter names to values.")
+    decoded: dict[str, Any] = {}
+    for key, value in extra.items():
+        if key in GATEWAY_FIELDS:
+            continue
+        if isinstance(value, str):
+            try:
+                decoded[key] = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                decoded[key] = value
+        else:
+            decoded[key] = value
+    return decoded
+
+
+def _optional_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{key}: must be a string.")
+    return value
+
+
+def _usage_context(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise InvalidParameter("usage_context: must be an object of string keys and values.")
+    return {k: str(v) for k, v in value.items()}
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first problem, as ``field.path: message`` (clients show one line)."""
+    parts = []
+    for error in exc.errors(include_url=False)[:3]:
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        parts.append(f"{loc.lstrip('.') or 'body'}: {error['msg']}")
+    return "Invalid request: " + "; ".join(parts)

@@ -1,0 +1,177 @@
+"""``servegate serve | validate | simulate | quickstart``: parse argv, build settings, call one function."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from servegate import __version__
+from servegate.app import GatewaySettings, create_app
+from servegate.auth.callers import AuthFileError
+from servegate.spec.manifest import load_manifests
+from servegate.transport.client import Timeouts
+from servegate.transport.credentials import DEFAULT_AUTHORITY_HOST
+
+log = logging.getLogger("servegate")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
+    parser.add_argument(
+        "--secrets-dir",
+        type=Path,
+        help="directory holding <scope>/<key> files for {{secrets/<scope>/<key>}} references",
+    )
+    parser.add_argument(
+        "--auth-file", type=Path, help="YAML 'tokens: [{name, sha256, groups}]' of callers"
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow unauthenticated requests on a non-loopback address",
+    )
+    parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS")
+    parser.add_argument("--first-byte-timeout", type=float, default=120.0, metavar="SECONDS")
+    parser.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument(
+        "--entra-authority-host",
+        default=DEFAULT_AUTHORITY_HOST,
+        help="Microsoft Entra ID authority host for azuread endpoints",
+    )
+    parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="servegate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"servegate {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve ServingEndpoint manifests")
+    serve.add_argument("paths", nargs="+", type=Path, help="YAML files or directories of them")
+    _add_serve_args(serve)
+
+    validate = sub.add_parser("validate", help="check manifests offline")
+    validate.add_argument("paths", nargs="+", type=Path)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    return GatewaySettings(
+        paths=tuple(args.paths),
+        secrets_dir=args.secrets_dir,
+        auth_file=args.auth_file,
+        timeouts=Timeouts(args.connect_timeout, args.first_byte_timeout, args.idle_timeout),
+        entra_authority_host=args.entra_authority_host,
+        watch=not args.no_watch,
+    )
+
+
+def check_exposure(args: argparse.Namespace) -> str | None:
+    """The refusal message when serving without auth where others can reach us."""
+    if args.auth_file is not None:
+        return None
+    if is_loopback(args.host):
+        log.warning(
+            "no --auth-file: accepting unauthenticated requests (allowed because %s is loopback)",
+            args.host,
+        )
+        return None
+    if args.insecure_no_auth:
+        log.warning(
+            "no --auth-file and --insecure-no-auth: ANYONE who can reach %s may query", args.host
+        )
+        return None
+    return (
+        f"refusing to serve without authentication on {args.host}: pass --auth-file FILE, "
+        "bind a loopback address, or pass --insecure-no-auth"
+    )
+
+
+async def run_gateway(settings: GatewaySettings, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests get time to finish."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0]
+    shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
+    print(f"servegate: listening on http://{shown}:{bound[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    refusal = check_exposure(args)
+    if refusal:
+        print(f"servegate: {refusal}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_gateway(settings_from_args(args), args.host, args.port))
+    except AuthFileError as exc:
+        print(f"servegate: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"servegate: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
+        )
+        return 2
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    missing = [str(p) for p in args.paths if not p.exists()]
+    if missing:
+        print(f"servegate: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    result = load_manifests(args.paths)
+    for endpoint in result.endpoints:
+        print(
+            f"ok     {endpoint.source}: endpoint '{endpoint.name}' ({endpoint.manifest.spec.task})"
+        )
+    for error in result.errors:
+        print(f"error  {error}")
+    print(f"{len(result.endpoints)} valid, {len(result.errors)} invalid")
+    return 1 if result.errors else 0
+
+
+COMMANDS = {"serve": cmd_serve, "validate": cmd_validate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return COMMANDS[args.command](args)

@@ -1,0 +1,190 @@
+"""Every error the gateway returns, and the one place that turns it into an HTTP response.
+
+The tree::
+
+    GatewayError                      status, error_code, message
+    ├── BadRequest                    400 BAD_REQUEST / INVALID_PARAMETER_VALUE
+    ├── PayloadTooLarge               413 BAD_REQUEST
+    ├── Unauthenticated               401 UNAUTHENTICATED
+    ├── PermissionDenied              403 PERMISSION_DENIED
+    ├── NotFound                      404 RESOURCE_DOES_NOT_EXIST
+    ├── MethodNotAllowed              405 BAD_REQUEST
+    ├── EndpointNotReady              503 TEMPORARILY_UNAVAILABLE
+    ├── UpstreamError                 the provider's own status, its body wrapped as
+    │                                 {"external_model_provider", "external_model_error"}
+    ├── UpstreamTimeout               504 DEADLINE_EXCEEDED
+    ├── UpstreamUnavailable           502 TEMPORARILY_UNAVAILABLE (connection refused, bad body)
+    └── InternalError                 500 INTERNAL_ERROR
+
+The codes are the ones databricks-sdk, MLflow and the OpenAI SDK already map
+(``databricks-api.md`` §3.7). Two client quirks shape the messages: the SDK retries any
+error whose message contains "Unexpected error", and both SDKs honour an integer
+``Retry-After`` on 429/503, so it must be truthful.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+# HTTP status of an upstream error → the error_code clients expect for it.
+_CODE_FOR_STATUS: dict[int, str] = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    409: "RESOURCE_CONFLICT",
+    413: "BAD_REQUEST",
+    422: "INVALID_PARAMETER_VALUE",
+    429: "REQUEST_LIMIT_EXCEEDED",
+    500: "INTERNAL_ERROR",
+    501: "NOT_IMPLEMENTED",
+    502: "TEMPORARILY_UNAVAILABLE",
+    503: "TEMPORARILY_UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def error_code_for_status(status: int) -> str:
+    """The Databricks error code for an HTTP status, falling back by class (4xx/5xx)."""
+    if status in _CODE_FOR_STATUS:
+        return _CODE_FOR_STATUS[status]
+    return "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR"
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with; carries what the response needs."""
+
+    status: int = 500
+    error_code: str = "INTERNAL_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if error_code is not None:
+            self.error_code = error_code
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        return {"error_code": self.error_code, "message": self.message}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(0, int(self.retry_after)))}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    error_code = "BAD_REQUEST"
+
+
+class InvalidParameter(BadRequest):
+    error_code = "INVALID_PARAMETER_VALUE"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    error_code = "BAD_REQUEST"
+
+
+class Unauthenticated(GatewayError):
+    status = 401
+    error_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    error_code = "PERMISSION_DENIED"
+
+
+class NotFound(GatewayError):
+    status = 404
+    error_code = "RESOURCE_DOES_NOT_EXIST"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    error_code = "BAD_REQUEST"
+
+
+class EndpointNotReady(GatewayError):
+    status = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    error_code = "DEADLINE_EXCEEDED"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 502
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+
+class InternalError(GatewayError):
+    status = 500
+    error_code = "INTERNAL_ERROR"
+
+
+class UpstreamError(GatewayError):
+    """The provider answered with an error: keep its status, wrap its body verbatim.
+
+    The message is a JSON string, as the platform sends it, so clients that show
+    ``message`` show the provider's own explanation.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        status: int,
+        body: Any,
+        *,
+        retry_after: int | None = None,
+    ) -> None:
+        self.provider = provider
+        self.upstream_body = body
+        wrapped = {"external_model_provider": provider, "external_model_error": body}
+        super().__init__(
+            orjson.dumps(wrapped).decode(),
+            status=status,
+            error_code=error_code_for_status(status),
+            retry_after=retry_after,
+        )
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> int | None:
+    """An upstream ``Retry-After`` (seconds) or OpenAI's ``retry-after-ms``, as whole seconds."""
+    value = headers.get("Retry-After")
+    if value is not None and value.strip().isdigit():
+        return int(value.strip())
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(1, -(-int(float(ms)) // 1000))
+        except ValueError:
+            return None
+    return None
+
+
+def error_response(error: GatewayError) -> web.Response:
+    """The single mapper from a GatewayError to the response the client sees."""
+    return web.Response(
+        status=error.status,
+        body=orjson.dumps(error.body()),
+        content_type="application/json",
+        headers=error.headers(),
+    )

@@ -1,0 +1,88 @@
+"""Around every request: request id, authentication, error mapping and the access log.
+
+Any ``GatewayError`` becomes the platform's ``{"error_code", "message"}`` body here (and only
+here). aiohttp's own 404/405 become the same shape. Anything else is a bug: it is logged
+with its stack trace under the request id, and the client gets a 500 that names the id but
+never the trace (nor the words "Unexpected error", which make databricks-sdk retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from servegate import keys
+from servegate.ingress.errors import (
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    error_response,
+)
+
+log = logging.getLogger("servegate.access")
+errors_log = logging.getLogger("servegate.errors")
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/.well-known/databricks-config"})
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = uuid.uuid4().hex
+    request[keys.request_id] = request_id
+    access = keys.AccessInfo()
+    request[keys.access] = access
+    started = time.perf_counter()
+    principal = "-"
+    try:
+        if request.path not in PUBLIC_PATHS:
+            who = request.app[keys.auth_holder].current.authenticate(request.headers)
+            request[keys.principal] = who
+            principal = who.name
+        response = await handler(request)
+    except GatewayError as error:
+        response = error_response(error)
+    except web.HTTPNotFound:
+        response = error_response(NotFound(f"No route for {request.method} {request.path}."))
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        response = error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}.")
+        )
+    except ConnectionResetError:
+        log.info("request_id=%s client disconnected", request_id)
+        return web.Response(status=499)
+    except web.HTTPException as exc:
+        response = error_response(GatewayError(exc.reason, status=exc.status))
+    except Exception:
+        errors_log.exception("request %s failed", request_id)
+        response = error_response(
+            InternalError(f"The gateway failed to handle the request (request id {request_id}).")
+        )
+    if not response.prepared:
+        response.headers["x-request-id"] = request_id
+    log.info(
+        "request_id=%s method=%s path=%s status=%s duration_ms=%.1f endpoint=%s "
+        "served_entity=%s principal=%s stream=%s",
+        request_id,
+        request.method,
+        request.path,
+        response.status,
+        (time.perf_counter() - started) * 1000,
+        access.endpoint,
+        access.entity,
+        principal,
+        access.stream,
+    )
+    return response
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: streams are prepared before the middleware sees them."""
+    request_id = request.get(keys.request_id)
+    if request_id is not None and "x-request-id" not in response.headers:
+        response.headers["x-request-id"] = request_id

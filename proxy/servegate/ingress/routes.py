@@ -1,0 +1,34 @@
+"""The route table: one line per path. Both trailing-slash forms are registered where
+clients send both, since a redirect would turn MLflow's POST into a GET."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from servegate.ingress import databricks, health, openai
+
+
+def setup_routes(app: web.Application) -> None:
+    r = app.router
+    # Data plane, Databricks shape.
+    r.add_post("/serving-endpoints/{name}/invocations", databricks.invocations)
+    r.add_post(
+        "/serving-endpoints/{name}/served-models/{entity}/invocations",
+        databricks.entity_invocations,
+    )
+    # Data plane, OpenAI shape (base URL <host>/serving-endpoints or <host>/v1).
+    for base in ("/serving-endpoints", "/v1"):
+        r.add_post(f"{base}/chat/completions", openai.chat_completions)
+        r.add_post(f"{base}/completions", openai.completions)
+        r.add_post(f"{base}/embeddings", openai.embeddings)
+        r.add_get(f"{base}/models", openai.list_models)
+    # Control plane, read side.
+    for path in ("/api/2.0/serving-endpoints", "/api/2.0/serving-endpoints/"):
+        r.add_get(path, databricks.list_endpoints)
+    for path in ("/api/2.0/serving-endpoints/{name}", "/api/2.0/serving-endpoints/{name}/"):
+        r.add_get(path, databricks.get_endpoint)
+    r.add_get("/.well-known/databricks-config", databricks.databricks_config_probe)
+    # Operations.
+    r.add_get("/healthz", health.healthz)
+    r.add_get("/readyz", health.readyz)
+    r.add_get("/metrics", health.metrics)

@@ -1,0 +1,31 @@
+"""Every typed app and request key, in one place ("no singletons": state hangs off the app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from servegate.auth.callers import AuthHolder, Principal
+from servegate.config import ConfigHolder
+from servegate.records.metrics import Metrics
+from servegate.transport.client import UpstreamClient
+
+
+@dataclass
+class AccessInfo:
+    """What the access log and metrics learn about a query as it moves through the pipeline."""
+
+    endpoint: str = "-"
+    entity: str = "-"
+    stream: bool = False
+
+
+config_holder = web.AppKey("config_holder", ConfigHolder)
+auth_holder = web.AppKey("auth_holder", AuthHolder)
+upstream_client = web.AppKey("upstream_client", UpstreamClient)
+metrics = web.AppKey("metrics", Metrics)
+
+principal = web.RequestKey("principal", Principal)
+request_id = web.RequestKey("request_id", str)
+access = web.RequestKey("access", AccessInfo)

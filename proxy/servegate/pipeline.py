@@ -1,0 +1,132 @@
+"""The one query path, stage by stage. Each stage lives in its own module; this file only
+calls them in order:
+
+    endpoint lookup → body validation (task) → routing (split or named entity)
+    → provider translation → transport → response or stream back
+
+Authentication ran before this, in the middleware (``ingress/middleware.py``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from aiohttp import web
+
+from servegate import keys
+from servegate.canonical.requests import parse_query
+from servegate.canonical.usage import Usage
+from servegate.config import EndpointRuntime, EntityRuntime, RuntimeConfig
+from servegate.ingress.errors import BadRequest, EndpointNotReady, GatewayError, NotFound
+from servegate.spec.endpoint import Task
+from servegate.streaming.relay import relay_stream
+
+
+def find_endpoint(config: RuntimeConfig, name: str) -> EndpointRuntime:
+    endpoint = config.endpoints.get(name)
+    if endpoint is not None:
+        return endpoint
+    invalid = config.invalid.get(name)
+    if invalid is not None:
+        raise EndpointNotReady(
+            f"Endpoint '{name}' is not ready: its manifest is invalid: {invalid.errors[0]}",
+            retry_after=10,
+        )
+    raise NotFound(f"Endpoint with name '{name}' not found.")
+
+
+def _pick_entity(endpoint: EndpointRuntime, entity_name: str | None) -> EntityRuntime:
+    if entity_name is None:
+        return endpoint.entities[endpoint.split.choose()]
+    entity = endpoint.entities.get(entity_name)
+    if entity is None:
+        raise NotFound(f"Served entity '{entity_name}' not found in endpoint '{endpoint.name}'.")
+    return entity
+
+
+async def answer_query(
+    request: web.Request,
+    endpoint_name: str,
+    body: object,
+    *,
+    task: Task | None = None,
+    entity_name: str | None = None,
+) -> web.StreamResponse:
+    """Answer one query. ``task`` is set by the OpenAI routes, which imply one."""
+    app = request.app
+    endpoint = find_endpoint(app[keys.config_holder].current, endpoint_name)
+    access = request[keys.access]
+    access.endpoint = endpoint.name
+    if task is not None and endpoint.task != task:
+        raise BadRequest(
+            f"Endpoint '{endpoint.name}' serves {endpoint.task}, not {task}: "
+            "call the route for its task."
+        )
+    if not endpoint.ready:
+        raise EndpointNotReady(
+            f"Endpoint '{endpoint.name}' is not ready: {'; '.join(endpoint.problems)}",
+            retry_after=10,
+        )
+    query = parse_query(endpoint.task, body)
+    entity = _pick_entity(endpoint, entity_name)
+    access.entity = entity.name
+    access.stream = query.stream
+    provider = entity.provider
+    if provider is None:  # only possible for a not-ready endpoint, handled above
+        raise EndpointNotReady(f"Served entity '{entity.name}' is not ready: {entity.problem}")
+
+    started = time.perf_counter()
+    status, usage = 500, None
+    client = app[keys.upstream_client]
+    try:
+        provider.check(query)
+        upstream_request = await provider.authorize(provider.build_request(query))
+        upstream = await client.send(upstream_request, provider.name)
+        if upstream.status >= 400:
+            raise provider.error(
+                upstream.status, await client.read_body(upstream, provider.name), upstream.headers
+            )
+        headers = {"served-model-name": entity.name}
+        if query.stream:
+            outcome = await relay_stream(
+                request,
+                upstream,
+                provider.stream(query),
+                client,
+                provider=provider.name,
+                headers=headers,
+            )
+            status, usage = outcome.status, outcome.usage
+            return outcome.response
+        translated = provider.parse_response(query, await client.read_body(upstream, provider.name))
+        status, usage = 200, translated.usage
+        return web.Response(
+            body=orjson.dumps(translated.body), content_type="application/json", headers=headers
+        )
+    except GatewayError as error:
+        status = error.status
+        raise
+    finally:
+        _observe(app, endpoint, entity, status, time.perf_counter() - started, query.stream, usage)
+
+
+def _observe(
+    app: web.Application,
+    endpoint: EndpointRuntime,
+    entity: EntityRuntime,
+    status: int,
+    seconds: float,
+    stream: bool,
+    usage: Usage | None,
+) -> None:
+    app[keys.metrics].observe(
+        endpoint=endpoint.name,
+        entity=entity.name,
+        provider=str(entity.model.provider),
+        task=str(endpoint.task),
+        status=status,
+        seconds=seconds,
+        stream=stream,
+        usage=usage,
+    )

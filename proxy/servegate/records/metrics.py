@@ -1,0 +1,78 @@
+"""Prometheus metrics: names, labels and the helpers that observe them.
+
+Labels are endpoint, served entity, provider, task and status: bounded sets taken from the
+config, never request content, principals or credentials. Each app owns its registry, so
+several apps in one process (tests, benchmarks) do not share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from servegate.canonical.usage import Usage
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "servegate_requests",
+            "Query requests answered, by endpoint, served entity and HTTP status.",
+            ["endpoint", "served_entity", "provider", "task", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "servegate_request_duration_seconds",
+            "Time from request to the last byte of the response.",
+            ["endpoint", "served_entity", "task", "stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "servegate_tokens",
+            "Tokens reported by providers, by kind (prompt or completion).",
+            ["endpoint", "served_entity", "kind"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "servegate_requests_in_flight",
+            "Query requests being answered now.",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "servegate_config_reloads",
+            "Config reloads, by result (applied or failed).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.endpoints_ready = Gauge(
+            "servegate_endpoints",
+            "Endpoints loaded, by readiness.",
+            ["ready"],
+            registry=self.registry,
+        )
+
+    def observe(
+        self,
+        *,
+        endpoint: str,
+        entity: str,
+        provider: str,
+        task: str,
+        status: int,
+        seconds: float,
+        stream: bool,
+        usage: Usage | None,
+    ) -> None:
+        self.requests.labels(endpoint, entity, provider, task, str(status)).inc()
+        self.latency.labels(endpoint, entity, task, "true" if stream else "false").observe(seconds)
+        if usage is not None:
+            self.tokens.labels(endpoint, entity, "prompt").inc(usage.prompt_tokens)
+            self.tokens.labels(endpoint, entity, "completion").inc(usage.completion_tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Which served entity answers: the weighted split (and, later, fallback order)."""

@@ -1,0 +1,114 @@
+"""Pull the upstream stream, translate it, and write it to the client as it arrives.
+
+The loop reads one upstream chunk and awaits the write of its frames before reading the
+next, so a slow client slows the upstream read (aiohttp's ``write`` drains past 64 KiB):
+nothing is buffered without bound.
+
+The client's response is started only once the first translated frame exists, so an error
+the upstream reports before any content still becomes a normal error response with its
+status. After that, an error can only be reported in-band: one ``data:`` event carrying
+``{"error": {...}, "error_code", "message"}`` (the OpenAI SDK raises on an ``error`` key;
+MLflow yields it), and the stream ends without ``data: [DONE]``, so no client mistakes a
+cut-off answer for a whole one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from servegate.canonical.usage import Usage
+from servegate.ingress.errors import GatewayError
+from servegate.providers.base import StreamTranslator
+from servegate.streaming.sse import DONE_FRAME, encode_data
+from servegate.transport.client import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    response: web.StreamResponse
+    status: int
+    usage: Usage | None
+
+
+def error_frame(error: GatewayError) -> bytes:
+    body = {
+        "error": {"message": error.message, "type": "gateway_error", "code": error.error_code},
+        "error_code": error.error_code,
+        "message": error.message,
+    }
+    return encode_data(orjson.dumps(body))
+
+
+async def relay_stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    translator: StreamTranslator,
+    client: UpstreamClient,
+    *,
+    provider: str,
+    headers: dict[str, str],
+) -> StreamOutcome:
+    """Relay a 200 upstream stream. Errors before the first frame propagate as GatewayError."""
+    response: web.StreamResponse | None = None
+    status = 200
+    try:
+        async for chunk in client.iter_body(upstream, provider):
+            frames = translator.feed(chunk)
+            if not frames:
+                continue
+            if response is None:
+                response = await _start(request, headers)
+            for frame in frames:
+                await response.write(frame)
+        frames = translator.finish()
+        if response is None:
+            response = await _start(request, headers)
+        for frame in frames:
+            await response.write(frame)
+        await response.write(DONE_FRAME)
+    except GatewayError as error:
+        if response is None:
+            raise
+        status = error.status
+        log.warning("stream from provider '%s' failed mid-way: %s", provider, error.message)
+        await _write_quietly(response, error_frame(error))
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        status = 499  # the client went away; stop reading the upstream too
+        upstream.close()
+        if response is None:
+            raise
+        return StreamOutcome(response, status, translator.usage)
+    finally:
+        upstream.release()
+    await _write_eof_quietly(response)
+    return StreamOutcome(response, status, translator.usage)
+
+
+async def _start(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+    await response.prepare(request)
+    return response
+
+
+async def _write_quietly(response: web.StreamResponse, frame: bytes) -> None:
+    with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+        await response.write(frame)
+
+
+async def _write_eof_quietly(response: web.StreamResponse) -> None:
+    with contextlib.suppress(ConnectionResetError, aiohttp.ClientConnectionResetError):
+        await response.write_eof()

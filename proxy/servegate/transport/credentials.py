@@ -1,0 +1,108 @@
+"""Credentials fetched at request time: Microsoft Entra ID client-credentials tokens (MSAL).
+
+MSAL does the OAuth exchange, discovery and its own token cache; it is synchronous, so the
+exchange runs in a worker thread. In front of it sits a small cache that answers from
+memory until the token is within MSAL's own refresh window (five minutes before expiry,
+or half the lifetime of a short-lived token), so the hot path never leaves the event loop.
+One fetch runs at a time per credential; concurrent requests wait for it.
+
+Providers are rebuilt on every config reload, so token sources live in a registry keyed by
+(authority, tenant, client, secret digest) that survives reloads: a reload does not cost a
+new token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msal
+
+from servegate.ingress.errors import GatewayError, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+AZURE_COGNITIVE_SCOPE = "https://cognitiveservices.azure.com/.default"
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+_REFRESH_WINDOW_S = 300.0
+
+
+class EntraTokenError(GatewayError):
+    """The token exchange failed: a configuration problem the caller cannot fix."""
+
+    status = 502
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+
+@dataclass
+class EntraTokenSource:
+    authority_host: str
+    tenant_id: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str = AZURE_COGNITIVE_SCOPE
+    _token: str | None = field(default=None, repr=False)
+    _refresh_at: float = 0.0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    _app: Any = field(default=None, repr=False)
+    fetches: int = 0
+
+    async def token(self) -> str:
+        if self._token is not None and time.monotonic() < self._refresh_at:
+            return self._token
+        async with self._lock:
+            if self._token is not None and time.monotonic() < self._refresh_at:
+                return self._token
+            return await asyncio.to_thread(self._acquire)
+
+    def _acquire(self) -> str:
+        if self._app is None:
+            self._app = msal.ConfidentialClientApplication(
+                self.client_id,
+                client_credential=self.client_secret,
+                authority=f"{self.authority_host.rstrip('/')}/{self.tenant_id}",
+                instance_discovery=False,
+            )
+        started = time.monotonic()
+        try:
+            result = self._app.acquire_token_for_client(scopes=[self.scope])
+        except Exception as exc:  # network and discovery failures surface as plain exceptions
+            log.warning("Entra ID token request for client %s failed: %s", self.client_id, exc)
+            raise UpstreamUnavailable(
+                f"Could not reach the Microsoft Entra ID authority for client {self.client_id}."
+            ) from None
+        if "access_token" not in result:
+            code = result.get("error", "unknown_error")
+            log.warning("Entra ID refused a token for client %s: %s", self.client_id, code)
+            raise EntraTokenError(
+                f"Microsoft Entra ID refused a token for client {self.client_id} "
+                f"in tenant {self.tenant_id}: {code}. Check the endpoint's Entra credentials."
+            )
+        if result.get("token_source") != "cache":
+            self.fetches += 1
+        lifetime = float(result.get("expires_in", 0))
+        window = min(_REFRESH_WINDOW_S, lifetime / 2)
+        self._token = str(result["access_token"])
+        self._refresh_at = started + lifetime - window
+        return self._token
+
+
+class CredentialRegistry:
+    """Token sources shared across config reloads, keyed by everything that identifies them."""
+
+    def __init__(self, authority_host: str = DEFAULT_AUTHORITY_HOST) -> None:
+        self.authority_host = authority_host
+        self._sources: dict[tuple[str, str, str, str], EntraTokenSource] = {}
+
+    def entra(self, tenant_id: str, client_id: str, client_secret: str) -> EntraTokenSource:
+        digest = hashlib.sha256(client_secret.encode()).hexdigest()
+        key = (self.authority_host, tenant_id, client_id, digest)
+        source = self._sources.get(key)
+        if source is None:
+            source = EntraTokenSource(self.authority_host, tenant_id, client_id, client_secret)
+            self._sources[key] = source
+        return source
