@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from servegate.ingress.errors import BadRequest, InvalidParameter
 from servegate.spec.endpoint import Task
+from servegate.spec.manifest import validation_errors
 
 _ALLOW = ConfigDict(extra="allow")
 
@@ -163,9 +164,6 @@ def _usage_context(value: object) -> dict[str, str]:
 
 
 def _describe(exc: ValidationError) -> str:
-    """The first problem, as ``field.path: message`` (clients show one line)."""
-    parts = []
-    for error in exc.errors(include_url=False)[:3]:
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
-        parts.append(f"{loc.lstrip('.') or 'body'}: {error['msg']}")
-    return "Invalid request: " + "; ".join(parts)
+    """The first problems, as ``field.path: message`` (clients show one line)."""
+    issues = validation_errors(exc)[:3]
+    return "Invalid request: " + "; ".join(f"{i.field or 'body'}: {i.message}" for i in issues)
