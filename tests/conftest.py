@@ -201,7 +201,8 @@ class GatewayProcess:
         return text.rsplit("listening on ", 1)[1]
 
     def logs(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
