@@ -16,11 +16,25 @@ from aiohttp import web
 from servegate import __version__
 from servegate.app import GatewaySettings, create_app
 from servegate.auth.callers import AuthFileError
+from servegate.simulators.server import (
+    AzureSimConfig,
+    CustomSimConfig,
+    EntraSimConfig,
+    OpenAISimConfig,
+    RunningSimulators,
+    SimulatorConfig,
+    run_simulators,
+    serve_forever,
+)
 from servegate.spec.manifest import load_manifests
 from servegate.transport.client import Timeouts
 from servegate.transport.credentials import DEFAULT_AUTHORITY_HOST
 
 log = logging.getLogger("servegate")
+
+# The credentials examples/secrets/ holds, accepted by the quickstart's simulators.
+QUICKSTART_OPENAI_KEY = "sk-servegate-simulator"
+QUICKSTART_CUSTOM_TOKEN = "local-llm-token"
 
 
 def is_loopback(host: str) -> bool:
@@ -73,6 +87,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check manifests offline")
     validate.add_argument("paths", nargs="+", type=Path)
+
+    simulate = sub.add_parser("simulate", help="serve provider simulators on 127.0.0.1")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--openai-port", type=int, default=8901)
+    simulate.add_argument("--azure-port", type=int, default=8902)
+    simulate.add_argument("--custom-port", type=int, default=8903)
+    simulate.add_argument("--entra-port", type=int, default=8904)
+    simulate.add_argument(
+        "--only", default="openai,azure,custom,entra", help="comma-separated simulators to run"
+    )
+    simulate.add_argument("--openai-key", action="append", help="accepted OpenAI/Azure API key")
+    simulate.add_argument("--custom-token", default=QUICKSTART_CUSTOM_TOKEN)
+    simulate.add_argument("--tls-cert", type=Path, help="PEM certificate for the Entra simulator")
+    simulate.add_argument("--tls-key", type=Path, help="PEM key for the Entra simulator")
+
+    quickstart = sub.add_parser(
+        "quickstart", help="serve examples/ against local simulators: no keys, no network"
+    )
+    quickstart.add_argument("--examples", type=Path, default=Path("examples"))
+    quickstart.add_argument("--port", type=int, default=8080)
     return parser
 
 
@@ -108,7 +142,9 @@ def check_exposure(args: argparse.Namespace) -> str | None:
     )
 
 
-async def run_gateway(settings: GatewaySettings, host: str, port: int) -> None:
+async def run_gateway(
+    settings: GatewaySettings, host: str, port: int, *, banner: str | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get time to finish."""
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
@@ -118,6 +154,8 @@ async def run_gateway(settings: GatewaySettings, host: str, port: int) -> None:
     bound = runner.addresses[0]
     shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
     print(f"servegate: listening on http://{shown}:{bound[1]}", flush=True)
+    if banner:
+        print(banner, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -163,7 +201,104 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
-COMMANDS = {"serve": cmd_serve, "validate": cmd_validate}
+def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = only - {"openai", "azure", "custom", "entra"}
+    if unknown:
+        raise SystemExit(f"servegate: unknown simulators: {', '.join(sorted(unknown))}")
+    keys = tuple(args.openai_key or [QUICKSTART_OPENAI_KEY])
+    return SimulatorConfig(
+        host=args.host,
+        openai=OpenAISimConfig(port=args.openai_port, api_keys=keys) if "openai" in only else None,
+        azure=AzureSimConfig(port=args.azure_port, api_keys=keys) if "azure" in only else None,
+        custom=CustomSimConfig(port=args.custom_port, bearer_token=args.custom_token)
+        if "custom" in only
+        else None,
+        entra=EntraSimConfig(port=args.entra_port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+        if "entra" in only
+        else None,
+    )
+
+
+def _print_simulators(running: RunningSimulators) -> None:
+    for sim in running.all():
+        print(f"servegate: simulator {sim.name} listening on {sim.root_url}", flush=True)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    if not is_loopback(args.host):
+        print("servegate: simulators bind loopback addresses only", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve_forever(simulator_config(args), on_ready=_print_simulators))
+    except OSError as exc:
+        print(f"servegate: cannot start the simulators: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+QUICKSTART_TRY = """
+Try it (in another terminal):
+
+  curl -s http://127.0.0.1:{port}/serving-endpoints/chat/invocations \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  curl -sN http://127.0.0.1:{port}/serving-endpoints/chat/invocations \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"messages": [{{"role": "user", "content": "Stream a story"}}], "stream": true}}'
+
+  curl -s http://127.0.0.1:{port}/serving-endpoints/embeddings/invocations \\
+    -H 'Content-Type: application/json' -d '{{"input": ["servegate"]}}'
+
+  python3 -c 'from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:{port}/serving-endpoints", api_key="unused"); print(c.chat.completions.create(model="chat", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
+
+  curl -s http://127.0.0.1:{port}/api/2.0/serving-endpoints    # every endpoint and its state
+
+The chat endpoint splits 80/20 between gpt-4o-mini and local-llama: see the served-model-name header.
+Press Ctrl-C to stop.
+"""
+
+
+async def _quickstart(examples: Path, port: int) -> None:
+    config = SimulatorConfig(
+        openai=OpenAISimConfig(port=8901, api_keys=(QUICKSTART_OPENAI_KEY,)),
+        custom=CustomSimConfig(port=8903, bearer_token=QUICKSTART_CUSTOM_TOKEN),
+        azure=None,
+        entra=None,
+    )
+    async with run_simulators(config) as running:
+        _print_simulators(running)
+        settings = GatewaySettings(paths=(examples,), secrets_dir=examples / "secrets")
+        await run_gateway(settings, "127.0.0.1", port, banner=QUICKSTART_TRY.format(port=port))
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    if not (args.examples / "chat.yaml").is_file():
+        print(
+            f"servegate: no examples in {args.examples}: run from the repository root "
+            "or pass --examples DIR",
+            file=sys.stderr,
+        )
+        return 2
+    log.warning("quickstart: unauthenticated, on 127.0.0.1 only, against local simulators")
+    try:
+        asyncio.run(_quickstart(args.examples, args.port))
+    except OSError as exc:
+        print(
+            f"servegate: cannot start: {exc.strerror or exc} (is something on the port?)",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "validate": cmd_validate,
+    "simulate": cmd_simulate,
+    "quickstart": cmd_quickstart,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
