@@ -95,8 +95,8 @@ class Workspace:
     def __post_init__(self) -> None:
         self.manifests = self.root / "manifests"
         self.secrets = self.root / "secrets"
-        self.manifests.mkdir()
-        self.secrets.mkdir()
+        self.manifests.mkdir(parents=True)
+        self.secrets.mkdir(parents=True)
         write_secret(self.secrets, "openai", "api_key", OPENAI_KEY)
 
 

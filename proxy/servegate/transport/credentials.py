@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,15 +48,16 @@ class EntraTokenSource:
     scope: str = AZURE_COGNITIVE_SCOPE
     _token: str | None = field(default=None, repr=False)
     _refresh_at: float = 0.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _app: Any = field(default=None, repr=False)
     fetches: int = 0
 
     async def token(self) -> str:
-        if self._token is not None and time.monotonic() < self._refresh_at:
+        if self._token is not None and self.clock() < self._refresh_at:
             return self._token
         async with self._lock:
-            if self._token is not None and time.monotonic() < self._refresh_at:
+            if self._token is not None and self.clock() < self._refresh_at:
                 return self._token
             return await asyncio.to_thread(self._acquire)
 
@@ -67,7 +69,7 @@ class EntraTokenSource:
                 authority=f"{self.authority_host.rstrip('/')}/{self.tenant_id}",
                 instance_discovery=False,
             )
-        started = time.monotonic()
+        started = self.clock()
         try:
             result = self._app.acquire_token_for_client(scopes=[self.scope])
         except Exception as exc:  # network and discovery failures surface as plain exceptions
@@ -94,8 +96,13 @@ class EntraTokenSource:
 class CredentialRegistry:
     """Token sources shared across config reloads, keyed by everything that identifies them."""
 
-    def __init__(self, authority_host: str = DEFAULT_AUTHORITY_HOST) -> None:
+    def __init__(
+        self,
+        authority_host: str = DEFAULT_AUTHORITY_HOST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.authority_host = authority_host
+        self._clock = clock
         self._sources: dict[tuple[str, str, str, str], EntraTokenSource] = {}
 
     def entra(self, tenant_id: str, client_id: str, client_secret: str) -> EntraTokenSource:
@@ -103,6 +110,8 @@ class CredentialRegistry:
         key = (self.authority_host, tenant_id, client_id, digest)
         source = self._sources.get(key)
         if source is None:
-            source = EntraTokenSource(self.authority_host, tenant_id, client_id, client_secret)
+            source = EntraTokenSource(
+                self.authority_host, tenant_id, client_id, client_secret, clock=self._clock
+            )
             self._sources[key] = source
         return source
