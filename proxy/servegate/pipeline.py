@@ -79,6 +79,8 @@ async def answer_query(
     started = time.perf_counter()
     status, usage = 500, None
     client = app[keys.upstream_client]
+    in_flight = app[keys.metrics].in_flight
+    in_flight.inc()
     try:
         provider.check(query)
         upstream_request = await provider.authorize(provider.build_request(query))
@@ -108,6 +110,7 @@ async def answer_query(
         status = error.status
         raise
     finally:
+        in_flight.dec()
         _observe(app, endpoint, entity, status, time.perf_counter() - started, query.stream, usage)
 
 

@@ -13,8 +13,8 @@ import aiohttp
 import openai
 import pytest
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.core import Config
 from databricks.sdk import errors as dberrors
+from databricks.sdk.core import Config
 from databricks.sdk.service.serving import ChatMessage, ChatMessageRole
 
 from tests.conftest import (
@@ -48,7 +48,10 @@ class Env:
 
 
 async def _sim_call(base: str, method: str, path: str, body: Any) -> Any:
-    async with aiohttp.ClientSession() as session, session.request(method, base + path, json=body) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, base + path, json=body) as resp,
+    ):
         return await resp.json()
 
 
@@ -63,13 +66,25 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
     write_yaml(
         root / "manifests" / "endpoints.yaml",
         endpoint_doc("chat", [openai_entity("gpt-4o-mini", base)]),
-        endpoint_doc("emb", [openai_entity("text-embedding-3-small", base, task="llm/v1/embeddings")]),
-        endpoint_doc("comp", [openai_entity("gpt-3.5-turbo-instruct", base, task="llm/v1/completions")]),
+        endpoint_doc(
+            "emb", [openai_entity("text-embedding-3-small", base, task="llm/v1/embeddings")]
+        ),
+        endpoint_doc(
+            "comp", [openai_entity("gpt-3.5-turbo-instruct", base, task="llm/v1/completions")]
+        ),
     )
     auth = write_auth_file(root / "auth.yaml", {TOKEN: ("ana@example.com", ["ds"])})
     gateway = GatewayProcess(
-        ["serve", str(root / "manifests"), "--secrets-dir", str(root / "secrets"),
-         "--auth-file", str(auth), "--first-byte-timeout", "1"],
+        [
+            "serve",
+            str(root / "manifests"),
+            "--secrets-dir",
+            str(root / "secrets"),
+            "--auth-file",
+            str(auth),
+            "--first-byte-timeout",
+            "1",
+        ],
         root / "gateway.log",
     )
     yield Env(gateway, sim_url, background_loop)
@@ -93,7 +108,9 @@ def query(content: str = "hello") -> list[dict[str, str]]:
 
 @pytest.fixture
 def oai(env: Env) -> openai.OpenAI:
-    return openai.OpenAI(base_url=env.gateway.url + "/serving-endpoints", api_key=TOKEN, max_retries=0)
+    return openai.OpenAI(
+        base_url=env.gateway.url + "/serving-endpoints", api_key=TOKEN, max_retries=0
+    )
 
 
 def test_openai_chat_completions_embeddings(oai: openai.OpenAI) -> None:
@@ -117,7 +134,9 @@ def test_openai_streaming(oai: openai.OpenAI) -> None:
 
 
 def test_openai_errors(env: Env, oai: openai.OpenAI) -> None:
-    bad = openai.OpenAI(base_url=env.gateway.url + "/serving-endpoints", api_key="wrong", max_retries=0)
+    bad = openai.OpenAI(
+        base_url=env.gateway.url + "/serving-endpoints", api_key="wrong", max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model="chat", messages=query())  # type: ignore[arg-type]
     with pytest.raises(openai.NotFoundError, match="'ghost' not found") as missing:
@@ -144,7 +163,9 @@ def test_openai_errors(env: Env, oai: openai.OpenAI) -> None:
 
 @pytest.fixture
 def workspace_client(env: Env) -> WorkspaceClient:
-    return WorkspaceClient(config=Config(host=env.gateway.url, token=TOKEN, retry_timeout_seconds=3))
+    return WorkspaceClient(
+        config=Config(host=env.gateway.url, token=TOKEN, retry_timeout_seconds=3)
+    )
 
 
 def test_databricks_sdk_query_list_get(workspace_client: WorkspaceClient) -> None:
@@ -173,7 +194,9 @@ def test_databricks_sdk_query_list_get(workspace_client: WorkspaceClient) -> Non
 
 
 def test_databricks_sdk_errors(env: Env, workspace_client: WorkspaceClient) -> None:
-    bad = WorkspaceClient(config=Config(host=env.gateway.url, token="wrong", retry_timeout_seconds=3))
+    bad = WorkspaceClient(
+        config=Config(host=env.gateway.url, token="wrong", retry_timeout_seconds=3)
+    )
     with pytest.raises(dberrors.Unauthenticated):
         bad.serving_endpoints.get("chat")
     with pytest.raises(dberrors.NotFound):
@@ -181,17 +204,27 @@ def test_databricks_sdk_errors(env: Env, workspace_client: WorkspaceClient) -> N
     with pytest.raises(dberrors.NotFound):
         workspace_client.serving_endpoints.query(name="ghost", prompt="x")
     with pytest.raises(dberrors.InvalidParameterValue, match="temperature"):
-        workspace_client.serving_endpoints.query(name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")], temperature=9.0)
+        workspace_client.serving_endpoints.query(
+            name="chat",
+            messages=[ChatMessage(role=ChatMessageRole.USER, content="x")],
+            temperature=9.0,
+        )
     # A 429 with a truthful Retry-After is retried by the SDK and then succeeds.
     env.fault(model="gpt-4o-mini", status=429, headers={"Retry-After": "1"}, times=1)
-    ok = workspace_client.serving_endpoints.query(name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")])
+    ok = workspace_client.serving_endpoints.query(
+        name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")]
+    )
     assert ok.choices
     env.fault(model="gpt-4o-mini", status=500)
     with pytest.raises(dberrors.InternalError, match="external_model_provider"):
-        workspace_client.serving_endpoints.query(name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")])
+        workspace_client.serving_endpoints.query(
+            name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")]
+        )
     env.fault(model="gpt-4o-mini", latency_ms=2500)
     with pytest.raises(dberrors.DeadlineExceeded):
-        workspace_client.serving_endpoints.query(name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")])
+        workspace_client.serving_endpoints.query(
+            name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")]
+        )
 
 
 # ---------------------------------------------------------------- mlflow.deployments
@@ -211,7 +244,9 @@ def mlflow_client(env: Env, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_mlflow_predict_stream_get_list(mlflow_client: Any) -> None:
     out = mlflow_client.predict(endpoint="chat", inputs={"messages": query(), "max_tokens": 5})
     assert out["choices"][0]["message"]["content"]
-    chunks = list(mlflow_client.predict_stream(endpoint="chat", inputs={"messages": query("a b c")}))
+    chunks = list(
+        mlflow_client.predict_stream(endpoint="chat", inputs={"messages": query("a b c")})
+    )
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert chunks[-1]["usage"]["total_tokens"] > 0
     assert mlflow_client.predict(endpoint="emb", inputs={"input": "x"})["data"][0]["embedding"]
@@ -227,7 +262,9 @@ def test_mlflow_errors(env: Env, mlflow_client: Any, monkeypatch: pytest.MonkeyP
     with pytest.raises((MlflowException, Exception), match="not found"):
         mlflow_client.get_endpoint("ghost")
     with pytest.raises(Exception, match=r"messages\[0\]\.role"):
-        mlflow_client.predict(endpoint="chat", inputs={"messages": [{"role": "robot", "content": "x"}]})
+        mlflow_client.predict(
+            endpoint="chat", inputs={"messages": [{"role": "robot", "content": "x"}]}
+        )
     env.fault(model="gpt-4o-mini", status=500)
     with pytest.raises(Exception, match="external_model_provider"):
         mlflow_client.predict(endpoint="chat", inputs={"messages": query()})
@@ -235,7 +272,7 @@ def test_mlflow_errors(env: Env, mlflow_client: Any, monkeypatch: pytest.MonkeyP
     with pytest.raises(Exception, match="did not answer"):
         mlflow_client.predict(endpoint="chat", inputs={"messages": query()})
     monkeypatch.setenv("DATABRICKS_TOKEN", "wrong")
-    with pytest.raises(Exception, match="(?i)invalid access token|401"):
+    with pytest.raises(Exception, match=r"(?i)invalid access token|401"):
         get_deploy_client("databricks").get_endpoint("chat")
 
 
@@ -246,9 +283,21 @@ def test_curl_round_trip(env: Env) -> None:
     import subprocess
 
     out = subprocess.run(
-        ["curl", "-sS", "-H", f"Authorization: Bearer {TOKEN}", "-H", "Content-Type: application/json",
-         "-d", json.dumps({"messages": query()}), f"{env.gateway.url}/serving-endpoints/chat/invocations"],
-        capture_output=True, check=True, timeout=30, text=True,
+        [
+            "curl",
+            "-sS",
+            "-H",
+            f"Authorization: Bearer {TOKEN}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps({"messages": query()}),
+            f"{env.gateway.url}/serving-endpoints/chat/invocations",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=30,
+        text=True,
     )
     assert json.loads(out.stdout)["choices"][0]["message"]["content"]
 

@@ -24,9 +24,11 @@ Client = TestClient[Any, Any]
 
 
 async def sim(openai_sim: str, method: str, path: str, body: Any = None) -> Any:
-    async with ClientSession() as session:
-        async with session.request(method, openai_sim + path, json=body) as resp:
-            return await resp.json()
+    async with (
+        ClientSession() as session,
+        session.request(method, openai_sim + path, json=body) as resp,
+    ):
+        return await resp.json()
 
 
 def sse_lines(raw: bytes) -> list[str]:
@@ -55,13 +57,19 @@ async def client(
                 {"served_model_name": "b", "traffic_percentage": "50"},
             ],
         ),
-        endpoint_doc("emb", [openai_entity("text-embedding-3-small", base, task="llm/v1/embeddings")]),
-        endpoint_doc("comp", [openai_entity("gpt-3.5-turbo-instruct", base, task="llm/v1/completions")]),
+        endpoint_doc(
+            "emb", [openai_entity("text-embedding-3-small", base, task="llm/v1/embeddings")]
+        ),
+        endpoint_doc(
+            "comp", [openai_entity("gpt-3.5-turbo-instruct", base, task="llm/v1/completions")]
+        ),
     )
     return await aiohttp_client(in_process_app())
 
 
-async def test_chat_answers_with_served_model_name_and_usage(client: Client, openai_sim: str) -> None:
+async def test_chat_answers_with_served_model_name_and_usage(
+    client: Client, openai_sim: str
+) -> None:
     await sim(openai_sim, "DELETE", "/_sim/requests")
     resp = await client.post(
         "/serving-endpoints/chat/invocations",
@@ -73,7 +81,10 @@ async def test_chat_answers_with_served_model_name_and_usage(client: Client, ope
     body = await resp.json()
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"]["role"] == "assistant"
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert (
+        body["usage"]["total_tokens"]
+        == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
     sent = (await sim(openai_sim, "GET", "/_sim/requests"))["requests"][-1]
     assert sent["path"] == "/v1/chat/completions"
     assert sent["headers"]["authorization"] == f"Bearer {OPENAI_KEY}"
@@ -146,7 +157,9 @@ async def test_embeddings_and_completions(client: Client) -> None:
     data = (await emb.json())["data"]
     assert [d["index"] for d in data] == [0, 1]
     assert isinstance(data[0]["embedding"], list)
-    comp = await client.post("/v1/completions", json={"model": "comp", "prompt": "Say hi", "max_tokens": 5})
+    comp = await client.post(
+        "/v1/completions", json={"model": "comp", "prompt": "Say hi", "max_tokens": 5}
+    )
     assert comp.status == 200
     assert (await comp.json())["object"] == "text_completion"
 
@@ -179,15 +192,78 @@ async def test_split_reaches_both_entities(client: Client) -> None:
 
 
 BAD_REQUESTS = [
-    pytest.param("/serving-endpoints/nope/invocations", {"messages": []}, 404, "RESOURCE_DOES_NOT_EXIST", "nope", id="unknown-endpoint"),
-    pytest.param("/serving-endpoints/chat/invocations", {"input": "x"}, 400, "BAD_REQUEST", "'messages'", id="wrong-task-body"),
-    pytest.param("/serving-endpoints/chat/invocations", {"messages": [{"role": "user", "content": "x"}], "temperature": 5}, 400, "INVALID_PARAMETER_VALUE", "temperature", id="out-of-range"),
-    pytest.param("/serving-endpoints/chat/invocations", {"messages": [{"role": "robot", "content": "x"}]}, 400, "INVALID_PARAMETER_VALUE", "messages[0].role", id="field-path"),
-    pytest.param("/serving-endpoints/chat/invocations", {"messages": [{"role": "user", "content": "x"}], "top_k": 5}, 400, "BAD_REQUEST", "top_k", id="unsupported-param"),
-    pytest.param("/serving-endpoints/chat/invocations", {"dataframe_records": [{"a": 1}]}, 400, "BAD_REQUEST", "dataframe_records", id="custom-model-format"),
-    pytest.param("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, 400, "BAD_REQUEST", "'model'", id="openai-route-without-model"),
-    pytest.param("/v1/embeddings", {"model": "chat", "input": "x"}, 400, "BAD_REQUEST", "llm/v1/chat", id="openai-route-task-mismatch"),
-    pytest.param("/v1/chat/completions", {"model": "ghost", "messages": [{"role": "user", "content": "x"}]}, 404, "RESOURCE_DOES_NOT_EXIST", "ghost", id="openai-unknown-model"),
+    pytest.param(
+        "/serving-endpoints/nope/invocations",
+        {"messages": []},
+        404,
+        "RESOURCE_DOES_NOT_EXIST",
+        "nope",
+        id="unknown-endpoint",
+    ),
+    pytest.param(
+        "/serving-endpoints/chat/invocations",
+        {"input": "x"},
+        400,
+        "BAD_REQUEST",
+        "'messages'",
+        id="wrong-task-body",
+    ),
+    pytest.param(
+        "/serving-endpoints/chat/invocations",
+        {"messages": [{"role": "user", "content": "x"}], "temperature": 5},
+        400,
+        "INVALID_PARAMETER_VALUE",
+        "temperature",
+        id="out-of-range",
+    ),
+    pytest.param(
+        "/serving-endpoints/chat/invocations",
+        {"messages": [{"role": "robot", "content": "x"}]},
+        400,
+        "INVALID_PARAMETER_VALUE",
+        "messages[0].role",
+        id="field-path",
+    ),
+    pytest.param(
+        "/serving-endpoints/chat/invocations",
+        {"messages": [{"role": "user", "content": "x"}], "top_k": 5},
+        400,
+        "BAD_REQUEST",
+        "top_k",
+        id="unsupported-param",
+    ),
+    pytest.param(
+        "/serving-endpoints/chat/invocations",
+        {"dataframe_records": [{"a": 1}]},
+        400,
+        "BAD_REQUEST",
+        "dataframe_records",
+        id="custom-model-format",
+    ),
+    pytest.param(
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}]},
+        400,
+        "BAD_REQUEST",
+        "'model'",
+        id="openai-route-without-model",
+    ),
+    pytest.param(
+        "/v1/embeddings",
+        {"model": "chat", "input": "x"},
+        400,
+        "BAD_REQUEST",
+        "llm/v1/chat",
+        id="openai-route-task-mismatch",
+    ),
+    pytest.param(
+        "/v1/chat/completions",
+        {"model": "ghost", "messages": [{"role": "user", "content": "x"}]},
+        404,
+        "RESOURCE_DOES_NOT_EXIST",
+        "ghost",
+        id="openai-unknown-model",
+    ),
 ]
 
 
@@ -222,7 +298,13 @@ async def test_unknown_route_and_method_are_json(client: Client) -> None:
 
 
 UPSTREAM_FAULTS = [
-    pytest.param({"status": 429, "headers": {"Retry-After": "7"}}, 429, "REQUEST_LIMIT_EXCEEDED", "7", id="429"),
+    pytest.param(
+        {"status": 429, "headers": {"Retry-After": "7"}},
+        429,
+        "REQUEST_LIMIT_EXCEEDED",
+        "7",
+        id="429",
+    ),
     pytest.param({"status": 500}, 500, "INTERNAL_ERROR", None, id="500"),
     pytest.param({"status": 503}, 503, "TEMPORARILY_UNAVAILABLE", "1", id="503"),
     pytest.param({"status": 401}, 401, "UNAUTHENTICATED", None, id="401"),
@@ -231,7 +313,12 @@ UPSTREAM_FAULTS = [
 
 @pytest.mark.parametrize(("fault", "status", "code", "retry_after"), UPSTREAM_FAULTS)
 async def test_upstream_errors_are_wrapped_with_their_status(
-    client: Client, openai_sim: str, fault: dict[str, Any], status: int, code: str, retry_after: str | None
+    client: Client,
+    openai_sim: str,
+    fault: dict[str, Any],
+    status: int,
+    code: str,
+    retry_after: str | None,
 ) -> None:
     await sim(openai_sim, "DELETE", "/_sim/faults")
     await sim(openai_sim, "POST", "/_sim/faults", {"model": "gpt-4o-mini", "times": 1, **fault})
@@ -249,23 +336,45 @@ async def test_upstream_errors_are_wrapped_with_their_status(
 
 
 async def test_upstream_timeout_is_504(
-    workspace: Workspace, openai_sim: str, in_process_app: Callable[..., Any], aiohttp_client: Callable[..., Awaitable[Client]]
+    workspace: Workspace,
+    openai_sim: str,
+    in_process_app: Callable[..., Any],
+    aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:
     from servegate.transport.client import Timeouts
 
-    write_yaml(workspace.manifests / "e.yaml", endpoint_doc("slow", [openai_entity("slow-model", openai_sim + "/v1")]))
-    client = await aiohttp_client(in_process_app(timeouts=Timeouts(connect=2, first_byte=0.3, idle=0.3)))
-    await sim(openai_sim, "POST", "/_sim/faults", {"model": "slow-model", "latency_ms": 3000, "times": 1})
-    resp = await client.post("/serving-endpoints/slow/invocations", json={"messages": [{"role": "user", "content": "x"}]})
+    write_yaml(
+        workspace.manifests / "e.yaml",
+        endpoint_doc("slow", [openai_entity("slow-model", openai_sim + "/v1")]),
+    )
+    client = await aiohttp_client(
+        in_process_app(timeouts=Timeouts(connect=2, first_byte=0.3, idle=0.3))
+    )
+    await sim(
+        openai_sim, "POST", "/_sim/faults", {"model": "slow-model", "latency_ms": 3000, "times": 1}
+    )
+    resp = await client.post(
+        "/serving-endpoints/slow/invocations", json={"messages": [{"role": "user", "content": "x"}]}
+    )
     assert resp.status == 504
     assert (await resp.json())["error_code"] == "DEADLINE_EXCEEDED"
 
 
-async def test_stream_cut_midway_ends_with_an_error_event_and_no_done(client: Client, openai_sim: str) -> None:
-    await sim(openai_sim, "POST", "/_sim/faults", {"model": "gpt-4o-mini", "stream_cut_after": 2, "times": 1})
+async def test_stream_cut_midway_ends_with_an_error_event_and_no_done(
+    client: Client, openai_sim: str
+) -> None:
+    await sim(
+        openai_sim,
+        "POST",
+        "/_sim/faults",
+        {"model": "gpt-4o-mini", "stream_cut_after": 2, "times": 1},
+    )
     resp = await client.post(
         "/serving-endpoints/chat/invocations",
-        json={"messages": [{"role": "user", "content": "one two three four five six"}], "stream": True},
+        json={
+            "messages": [{"role": "user", "content": "one two three four five six"}],
+            "stream": True,
+        },
     )
     assert resp.status == 200
     lines = sse_lines(await resp.read())
@@ -275,8 +384,12 @@ async def test_stream_cut_midway_ends_with_an_error_event_and_no_done(client: Cl
 
 
 async def test_malformed_upstream_body_is_502(client: Client, openai_sim: str) -> None:
-    await sim(openai_sim, "POST", "/_sim/faults", {"model": "gpt-4o-mini", "malformed": True, "times": 1})
-    resp = await client.post("/serving-endpoints/chat/invocations", json={"messages": [{"role": "user", "content": "x"}]})
+    await sim(
+        openai_sim, "POST", "/_sim/faults", {"model": "gpt-4o-mini", "malformed": True, "times": 1}
+    )
+    resp = await client.post(
+        "/serving-endpoints/chat/invocations", json={"messages": [{"role": "user", "content": "x"}]}
+    )
     assert resp.status == 502
     assert "not JSON" in (await resp.json())["message"]
 
@@ -310,7 +423,10 @@ async def test_read_api_shapes(client: Client) -> None:
 
 
 async def test_missing_secret_makes_the_endpoint_not_ready_with_the_reason(
-    workspace: Workspace, openai_sim: str, in_process_app: Callable[..., Any], aiohttp_client: Callable[..., Awaitable[Client]]
+    workspace: Workspace,
+    openai_sim: str,
+    in_process_app: Callable[..., Any],
+    aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:
     entity = openai_entity("gpt-4o-mini", openai_sim + "/v1")
     entity["external_model"]["openai_config"]["openai_api_key"] = "{{secrets/team_a/missing_key}}"
@@ -320,12 +436,18 @@ async def test_missing_secret_makes_the_endpoint_not_ready_with_the_reason(
         endpoint_doc("fine", [openai_entity("gpt-4o-mini", openai_sim + "/v1")]),
     )
     client = await aiohttp_client(in_process_app())
-    listed = {ep["name"]: ep for ep in (await (await client.get("/api/2.0/serving-endpoints")).json())["endpoints"]}
+    listed = {
+        ep["name"]: ep
+        for ep in (await (await client.get("/api/2.0/serving-endpoints")).json())["endpoints"]
+    }
     assert listed["fine"]["state"]["ready"] == "READY"
     assert listed["broken"]["state"]["ready"] == "NOT_READY"
     assert "team_a" in listed["broken"]["state"]["message"]
     assert "missing_key" in listed["broken"]["state"]["message"]
-    resp = await client.post("/serving-endpoints/broken/invocations", json={"messages": [{"role": "user", "content": "x"}]})
+    resp = await client.post(
+        "/serving-endpoints/broken/invocations",
+        json={"messages": [{"role": "user", "content": "x"}]},
+    )
     assert resp.status == 503
     body = await resp.json()
     assert body["error_code"] == "TEMPORARILY_UNAVAILABLE"
@@ -334,26 +456,50 @@ async def test_missing_secret_makes_the_endpoint_not_ready_with_the_reason(
 
 
 async def test_invalid_manifest_is_listed_and_others_serve(
-    workspace: Workspace, openai_sim: str, in_process_app: Callable[..., Any], aiohttp_client: Callable[..., Awaitable[Client]]
+    workspace: Workspace,
+    openai_sim: str,
+    in_process_app: Callable[..., Any],
+    aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:
-    bad = endpoint_doc("bad", [openai_entity("m", openai_sim + "/v1", name="x"), openai_entity("n", openai_sim + "/v1", name="y")])
-    write_yaml(workspace.manifests / "e.yaml", bad, endpoint_doc("good", [openai_entity("m", openai_sim + "/v1")]))
+    bad = endpoint_doc(
+        "bad",
+        [
+            openai_entity("m", openai_sim + "/v1", name="x"),
+            openai_entity("n", openai_sim + "/v1", name="y"),
+        ],
+    )
+    write_yaml(
+        workspace.manifests / "e.yaml",
+        bad,
+        endpoint_doc("good", [openai_entity("m", openai_sim + "/v1")]),
+    )
     client = await aiohttp_client(in_process_app())
     bad_ep = await (await client.get("/api/2.0/serving-endpoints/bad")).json()
     assert bad_ep["state"]["ready"] == "NOT_READY"
     assert "traffic_config" in bad_ep["state"]["message"]
-    ok = await client.post("/serving-endpoints/good/invocations", json={"messages": [{"role": "user", "content": "x"}]})
+    ok = await client.post(
+        "/serving-endpoints/good/invocations", json={"messages": [{"role": "user", "content": "x"}]}
+    )
     assert ok.status == 200
 
 
 async def test_auth_file_requires_a_known_bearer_token(
-    workspace: Workspace, openai_sim: str, in_process_app: Callable[..., Any], aiohttp_client: Callable[..., Awaitable[Client]]
+    workspace: Workspace,
+    openai_sim: str,
+    in_process_app: Callable[..., Any],
+    aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:
-    write_yaml(workspace.manifests / "e.yaml", endpoint_doc("chat", [openai_entity("m", openai_sim + "/v1")]))
+    write_yaml(
+        workspace.manifests / "e.yaml",
+        endpoint_doc("chat", [openai_entity("m", openai_sim + "/v1")]),
+    )
     auth = write_auth_file(workspace.root / "auth.yaml", {"tok-ana": ("ana@example.com", ["ds"])})
     client = await aiohttp_client(in_process_app(auth_file=auth))
     query = {"messages": [{"role": "user", "content": "x"}]}
-    for headers, message in [({}, "Missing bearer token"), ({"Authorization": "Bearer wrong"}, "Invalid access token")]:
+    for headers, message in [
+        ({}, "Missing bearer token"),
+        ({"Authorization": "Bearer wrong"}, "Invalid access token"),
+    ]:
         resp = await client.post("/serving-endpoints/chat/invocations", json=query, headers=headers)
         assert resp.status == 401
         body = await resp.json()
@@ -361,14 +507,26 @@ async def test_auth_file_requires_a_known_bearer_token(
         assert message in body["message"]
     resp = await client.get("/api/2.0/serving-endpoints")
     assert resp.status == 401
-    ok = await client.post("/serving-endpoints/chat/invocations", json=query, headers={"Authorization": "Bearer tok-ana"})
+    ok = await client.post(
+        "/serving-endpoints/chat/invocations",
+        json=query,
+        headers={"Authorization": "Bearer tok-ana"},
+    )
     assert ok.status == 200
     for public in ("/healthz", "/readyz", "/metrics", "/.well-known/databricks-config"):
         assert (await client.get(public)).status in (200, 404)
 
 
 async def test_metrics_count_requests_and_tokens(client: Client) -> None:
-    await client.post("/serving-endpoints/chat/invocations", json={"messages": [{"role": "user", "content": "x y"}]})
+    await client.post(
+        "/serving-endpoints/chat/invocations",
+        json={"messages": [{"role": "user", "content": "x y"}]},
+    )
     text = await (await client.get("/metrics")).text()
-    assert 'servegate_requests_total{endpoint="chat",provider="openai",served_entity="gpt-4o-mini",status="200",task="llm/v1/chat"}' in text
-    assert 'servegate_tokens_total{endpoint="chat",kind="prompt",served_entity="gpt-4o-mini"}' in text
+    assert (
+        'servegate_requests_total{endpoint="chat",provider="openai",served_entity="gpt-4o-mini",status="200",task="llm/v1/chat"}'
+        in text
+    )
+    assert (
+        'servegate_tokens_total{endpoint="chat",kind="prompt",served_entity="gpt-4o-mini"}' in text
+    )

@@ -43,10 +43,13 @@ async def _get(url: str) -> Any:
 
 
 async def _chat(url: str, endpoint: str) -> tuple[int, str | None, Any]:
-    async with aiohttp.ClientSession() as s, s.post(
-        f"{url}/serving-endpoints/{endpoint}/invocations",
-        json={"messages": [{"role": "user", "content": "hi"}]},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{url}/serving-endpoints/{endpoint}/invocations",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+        ) as r,
+    ):
         return r.status, r.headers.get("served-model-name"), await r.json()
 
 
@@ -66,26 +69,36 @@ def generation(loop: BackgroundLoop, url: str) -> int:
 
 
 def start(tmp: Path, manifests: Path) -> GatewayProcess:
-    return GatewayProcess(["serve", str(manifests), "--secrets-dir", str(tmp / "secrets")], tmp / "gw.log")
+    return GatewayProcess(
+        ["serve", str(manifests), "--secrets-dir", str(tmp / "secrets")], tmp / "gw.log"
+    )
 
 
-def test_edit_reloads_and_invalid_edit_keeps_last_good(tmp_path: Path, sim: str, background_loop: BackgroundLoop) -> None:
+def test_edit_reloads_and_invalid_edit_keeps_last_good(
+    tmp_path: Path, sim: str, background_loop: BackgroundLoop
+) -> None:
     loop = background_loop
     write_secret(tmp_path / "secrets", "openai", "api_key", KEY)
     manifest = tmp_path / "m" / "chat.yaml"
-    write_yaml(manifest, endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="v1")]))
+    write_yaml(
+        manifest, endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="v1")])
+    )
     gw = start(tmp_path, manifest)
     try:
         assert loop.run(_chat(gw.url, "chat"))[1] == "v1"
         gen = generation(loop, gw.url)
-        write_yaml(manifest, endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="v2")]))
+        write_yaml(
+            manifest, endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="v2")])
+        )
         gen = wait_for_generation(loop, gw.url, gen)
         assert loop.run(_chat(gw.url, "chat"))[1] == "v2"
         got = loop.run(_get(gw.url + "/api/2.0/serving-endpoints/chat"))
         assert got["config"]["config_version"] == 2
         # An invalid edit: logged, reported on GET, and the last good version keeps serving.
         broken = endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="v3")])
-        broken["spec"]["config"]["traffic_config"] = {"routes": [{"served_model_name": "v3", "traffic_percentage": 40}]}
+        broken["spec"]["config"]["traffic_config"] = {
+            "routes": [{"served_model_name": "v3", "traffic_percentage": 40}]
+        }
         write_yaml(manifest, broken)
         gen = wait_for_generation(loop, gw.url, gen)
         status, entity, _ = loop.run(_chat(gw.url, "chat"))
@@ -101,7 +114,9 @@ def test_edit_reloads_and_invalid_edit_keeps_last_good(tmp_path: Path, sim: str,
         gw.stop()
 
 
-def test_configmap_symlink_swap_and_secret_rotation(tmp_path: Path, sim: str, background_loop: BackgroundLoop) -> None:
+def test_configmap_symlink_swap_and_secret_rotation(
+    tmp_path: Path, sim: str, background_loop: BackgroundLoop
+) -> None:
     """The kubelet's atomic writer: files are symlinks into ..data, which is swapped by rename."""
     loop = background_loop
     write_secret(tmp_path / "secrets", "openai", "api_key", "sk-wrong-before-rotation")
@@ -117,7 +132,9 @@ def test_configmap_symlink_swap_and_secret_rotation(tmp_path: Path, sim: str, ba
         if not (mount / "endpoints.yaml").is_symlink():
             (mount / "endpoints.yaml").symlink_to("..data/endpoints.yaml")
 
-    publish("2026_11_22_00_00_00.1", endpoint_doc("one", [openai_entity("gpt-4o-mini", sim + "/v1")]))
+    publish(
+        "2026_11_22_00_00_00.1", endpoint_doc("one", [openai_entity("gpt-4o-mini", sim + "/v1")])
+    )
     gw = start(tmp_path, mount)
     try:
         status, _, body = loop.run(_chat(gw.url, "one"))
@@ -133,7 +150,9 @@ def test_configmap_symlink_swap_and_secret_rotation(tmp_path: Path, sim: str, ba
             endpoint_doc("two", [openai_entity("gpt-4o", sim + "/v1")]),
         )
         wait_for_generation(loop, gw.url, gen)
-        names = [ep["name"] for ep in loop.run(_get(gw.url + "/api/2.0/serving-endpoints"))["endpoints"]]
+        names = [
+            ep["name"] for ep in loop.run(_get(gw.url + "/api/2.0/serving-endpoints"))["endpoints"]
+        ]
         assert names == ["one", "two"]
         assert loop.run(_chat(gw.url, "two"))[0] == 200
     finally:
@@ -141,17 +160,26 @@ def test_configmap_symlink_swap_and_secret_rotation(tmp_path: Path, sim: str, ba
     assert "sk-wrong-before-rotation" not in gw.logs()
 
 
-def test_stream_in_flight_survives_a_reload(tmp_path: Path, sim: str, background_loop: BackgroundLoop) -> None:
+def test_stream_in_flight_survives_a_reload(
+    tmp_path: Path, sim: str, background_loop: BackgroundLoop
+) -> None:
     loop = background_loop
     write_secret(tmp_path / "secrets", "openai", "api_key", KEY)
     manifest = tmp_path / "m" / "chat.yaml"
-    write_yaml(manifest, endpoint_doc("chat", [openai_entity("gated-model", sim + "/v1", name="old")]))
+    write_yaml(
+        manifest, endpoint_doc("chat", [openai_entity("gated-model", sim + "/v1", name="old")])
+    )
     gw = start(tmp_path, manifest)
 
-    async def stream_until_gate(session: aiohttp.ClientSession) -> tuple[aiohttp.ClientResponse, list[bytes]]:
+    async def stream_until_gate(
+        session: aiohttp.ClientSession,
+    ) -> tuple[aiohttp.ClientResponse, list[bytes]]:
         resp = await session.post(
             f"{gw.url}/serving-endpoints/chat/invocations",
-            json={"messages": [{"role": "user", "content": "one two three four five six"}], "stream": True},
+            json={
+                "messages": [{"role": "user", "content": "one two three four five six"}],
+                "stream": True,
+            },
         )
         first: list[bytes] = []
         while len(first) < 2:
@@ -164,12 +192,19 @@ def test_stream_in_flight_survives_a_reload(tmp_path: Path, sim: str, background
         return await asyncio.wait_for(resp.content.read(), 10)
 
     try:
-        loop.run(_post(sim + "/_sim/faults", {"model": "gated-model", "gate": "hold", "gate_after": 2, "times": 1}))
+        loop.run(
+            _post(
+                sim + "/_sim/faults",
+                {"model": "gated-model", "gate": "hold", "gate_after": 2, "times": 1},
+            )
+        )
         session = loop.run(_session())
         resp, first = loop.run(stream_until_gate(session))
         assert resp.headers["served-model-name"] == "old"
         gen = generation(loop, gw.url)
-        write_yaml(manifest, endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="new")]))
+        write_yaml(
+            manifest, endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="new")])
+        )
         wait_for_generation(loop, gw.url, gen)
         assert loop.run(_chat(gw.url, "chat"))[1] == "new"  # the next request sees the new config
         loop.run(_post(sim + "/_sim/gates/hold/open", {}))

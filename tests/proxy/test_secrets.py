@@ -33,7 +33,9 @@ async def _call(method: str, url: str, body: Any = None) -> tuple[int, str]:
 def sim(background_loop: BackgroundLoop) -> Iterator[str]:
     from servegate.simulators.openai import create_openai_app
 
-    runner, url = background_loop.run(start_site(create_openai_app(api_keys={PLAINTEXT, REFERENCED})))
+    runner, url = background_loop.run(
+        start_site(create_openai_app(api_keys={PLAINTEXT, REFERENCED}))
+    )
     yield url
     background_loop.run(runner.cleanup())
 
@@ -47,7 +49,9 @@ def test_canaries_never_leak(tmp_path: Path, sim: str, background_loop: Backgrou
     ref = openai_entity("ref-model", sim + "/v1")
     ref["external_model"]["openai_config"]["openai_api_key"] = "{{secrets/team_a/openai}}"
     invalid = openai_entity("x", sim + "/v1")
-    invalid["external_model"]["openai_config"]["openai_api_key_plaintext"] = PLAINTEXT  # both of a pair
+    invalid["external_model"]["openai_config"]["openai_api_key_plaintext"] = (
+        PLAINTEXT  # both of a pair
+    )
     write_yaml(
         tmp_path / "m" / "e.yaml",
         endpoint_doc("plain", [plain]),
@@ -55,25 +59,46 @@ def test_canaries_never_leak(tmp_path: Path, sim: str, background_loop: Backgrou
         endpoint_doc("invalid", [invalid]),
     )
     gw = GatewayProcess(
-        ["--log-level", "DEBUG", "serve", str(tmp_path / "m"), "--secrets-dir", str(tmp_path / "secrets")],
+        [
+            "--log-level",
+            "DEBUG",
+            "serve",
+            str(tmp_path / "m"),
+            "--secrets-dir",
+            str(tmp_path / "secrets"),
+        ],
         tmp_path / "gw.log",
     )
     seen: list[str] = []
     try:
         query = {"messages": [{"role": "user", "content": "hi"}]}
         for name in ("plain", "ref"):
-            status, body = run(_call("POST", f"{gw.url}/serving-endpoints/{name}/invocations", query))
+            status, body = run(
+                _call("POST", f"{gw.url}/serving-endpoints/{name}/invocations", query)
+            )
             assert status == 200
             seen.append(body)
-            status, body = run(_call("POST", f"{gw.url}/serving-endpoints/{name}/invocations", {**query, "stream": True}))
+            status, body = run(
+                _call(
+                    "POST",
+                    f"{gw.url}/serving-endpoints/{name}/invocations",
+                    {**query, "stream": True},
+                )
+            )
             seen.append(body)
         # An upstream that echoes the key it was given, in full, in its error body.
         for model, key in (("plain-model", PLAINTEXT), ("ref-model", REFERENCED)):
-            fault = {"model": model, "status": 400, "times": 1,
-                     "body": {"error": {"message": f"key {key} is not allowed here", "code": "bad"}}}
+            fault = {
+                "model": model,
+                "status": 400,
+                "times": 1,
+                "body": {"error": {"message": f"key {key} is not allowed here", "code": "bad"}},
+            }
             run(_call("POST", sim + "/_sim/faults", fault))
         for name in ("plain", "ref"):
-            status, body = run(_call("POST", f"{gw.url}/serving-endpoints/{name}/invocations", query))
+            status, body = run(
+                _call("POST", f"{gw.url}/serving-endpoints/{name}/invocations", query)
+            )
             assert status == 400
             assert "[REDACTED]" in body
             seen.append(body)
@@ -81,9 +106,15 @@ def test_canaries_never_leak(tmp_path: Path, sim: str, background_loop: Backgrou
         assert status == 503
         seen.append(body)
         reads: dict[str, str] = {}
-        for path in ("/api/2.0/serving-endpoints", "/api/2.0/serving-endpoints/plain",
-                     "/api/2.0/serving-endpoints/ref", "/api/2.0/serving-endpoints/invalid",
-                     "/v1/models", "/metrics", "/readyz"):
+        for path in (
+            "/api/2.0/serving-endpoints",
+            "/api/2.0/serving-endpoints/plain",
+            "/api/2.0/serving-endpoints/ref",
+            "/api/2.0/serving-endpoints/invalid",
+            "/v1/models",
+            "/metrics",
+            "/readyz",
+        ):
             status, reads[path] = run(_call("GET", gw.url + path))
             assert status == 200, path
         seen.extend(reads.values())

@@ -14,7 +14,6 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from servegate.transport.credentials import CredentialRegistry
 from servegate.simulators.server import (
     AzureSimConfig,
     CustomSimConfig,
@@ -24,7 +23,16 @@ from servegate.simulators.server import (
     SimulatorConfig,
     run_simulators,
 )
-from tests.conftest import Workspace, endpoint_doc, openai_entity, start_site, write_auth_file, write_secret, write_yaml
+from servegate.transport.credentials import CredentialRegistry
+from tests.conftest import (
+    Workspace,
+    endpoint_doc,
+    openai_entity,
+    start_site,
+    write_auth_file,
+    write_secret,
+    write_yaml,
+)
 
 Client = TestClient[Any, Any]
 AZURE_KEY = "az-key-1"
@@ -45,7 +53,9 @@ async def sims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator
     config = SimulatorConfig(
         openai=OpenAISimConfig(api_keys=("unused",)),
         azure=AzureSimConfig(api_keys=(AZURE_KEY,)),
-        entra=EntraSimConfig(clients={"client-1": ENTRA_SECRET}, tls_cert=cert_path, tls_key=key_path),
+        entra=EntraSimConfig(
+            clients={"client-1": ENTRA_SECRET}, tls_cert=cert_path, tls_key=key_path
+        ),
         custom=CustomSimConfig(bearer_token=CUSTOM_TOKEN),
     )
     async with run_simulators(config) as running:
@@ -67,7 +77,14 @@ def azure_entity(base: str, api_type: str) -> dict[str, Any]:
             "microsoft_entra_client_id": "client-1",
             "microsoft_entra_client_secret": "{{secrets/azure/entra}}",
         }
-    return {"external_model": {"name": "gpt-4o", "provider": "openai", "task": "llm/v1/chat", "openai_config": config}}
+    return {
+        "external_model": {
+            "name": "gpt-4o",
+            "provider": "openai",
+            "task": "llm/v1/chat",
+            "openai_config": config,
+        }
+    }
 
 
 @pytest.fixture
@@ -80,9 +97,17 @@ async def client(
     write_secret(workspace.secrets, "azure", "key", AZURE_KEY)
     write_secret(workspace.secrets, "azure", "entra", ENTRA_SECRET)
     write_secret(workspace.secrets, "local", "token", CUSTOM_TOKEN)
-    custom = {"external_model": {"name": "llama", "provider": "custom", "task": "llm/v1/chat",
-                                 "custom_provider_config": {"custom_provider_url": sims.custom_url,
-                                                            "bearer_token_auth": {"token": "{{secrets/local/token}}"}}}}
+    custom = {
+        "external_model": {
+            "name": "llama",
+            "provider": "custom",
+            "task": "llm/v1/chat",
+            "custom_provider_config": {
+                "custom_provider_url": sims.custom_url,
+                "bearer_token_auth": {"token": "{{secrets/local/token}}"},
+            },
+        }
+    }
     write_yaml(
         workspace.manifests / "e.yaml",
         endpoint_doc("azure-key", [azure_entity(sims.azure_url, "azure")]),
@@ -104,7 +129,9 @@ async def test_azure_chat_and_stream(client: Client, endpoint: str) -> None:
     resp = await client.post(f"/serving-endpoints/{endpoint}/invocations", json=CHAT)
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["choices"][0]["message"]["content"]
-    stream = await client.post(f"/serving-endpoints/{endpoint}/invocations", json={**CHAT, "stream": True})
+    stream = await client.post(
+        f"/serving-endpoints/{endpoint}/invocations", json={**CHAT, "stream": True}
+    )
     text = (await stream.read()).decode()
     assert text.endswith("data: [DONE]\n\n")
     assert '"usage"' in text
@@ -119,7 +146,9 @@ async def test_azure_request_shape(client: Client, sims: RunningSimulators) -> N
     assert "model" not in sent["json"]
 
 
-async def test_entra_token_is_fetched_once_and_cached(client: Client, sims: RunningSimulators) -> None:
+async def test_entra_token_is_fetched_once_and_cached(
+    client: Client, sims: RunningSimulators
+) -> None:
     for _ in range(5):
         resp = await client.post("/serving-endpoints/azure-entra/invocations", json=CHAT)
         assert resp.status == 200
@@ -144,11 +173,19 @@ async def test_entra_token_is_refreshed_inside_its_refresh_window(sims: RunningS
     assert registry.entra("tenant-1", "client-1", ENTRA_SECRET) is source  # survives reloads
 
 
-async def test_short_lived_entra_token_is_replaced_at_half_life(tmp_path: Path, sims: RunningSimulators) -> None:
+async def test_short_lived_entra_token_is_replaced_at_half_life(
+    tmp_path: Path, sims: RunningSimulators
+) -> None:
     config = SimulatorConfig(
-        openai=None, azure=None, custom=None,
-        entra=EntraSimConfig(clients={"client-1": ENTRA_SECRET}, token_lifetime_s=200,
-                             tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem"),
+        openai=None,
+        azure=None,
+        custom=None,
+        entra=EntraSimConfig(
+            clients={"client-1": ENTRA_SECRET},
+            token_lifetime_s=200,
+            tls_cert=tmp_path / "cert.pem",
+            tls_key=tmp_path / "key.pem",
+        ),
     )
     async with run_simulators(config) as short:
         now = [0.0]
@@ -171,7 +208,10 @@ async def test_entra_refusal_is_a_clear_error_without_the_secret(
     aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:
     write_secret(workspace.secrets, "azure", "entra", "not-the-secret")
-    write_yaml(workspace.manifests / "e.yaml", endpoint_doc("azure-entra", [azure_entity(sims.azure_url, "azuread")]))
+    write_yaml(
+        workspace.manifests / "e.yaml",
+        endpoint_doc("azure-entra", [azure_entity(sims.azure_url, "azuread")]),
+    )
     client = await aiohttp_client(in_process_app(entra_authority_host=sims.entra_authority_host))
     resp = await client.post("/serving-endpoints/azure-entra/invocations", json=CHAT)
     assert resp.status == 502
@@ -181,7 +221,10 @@ async def test_entra_refusal_is_a_clear_error_without_the_secret(
 
 
 async def test_custom_provider_bearer_and_extras(client: Client, sims: RunningSimulators) -> None:
-    resp = await client.post("/serving-endpoints/custom/invocations", json={**CHAT, "top_k": 3, "repetition_penalty": 1.1})
+    resp = await client.post(
+        "/serving-endpoints/custom/invocations",
+        json={**CHAT, "top_k": 3, "repetition_penalty": 1.1},
+    )
     assert resp.status == 200
     sent = (await _sim_requests(sims.custom_url.removesuffix("/v1")))[-1]
     assert sent["headers"]["authorization"] == f"Bearer {CUSTOM_TOKEN}"
@@ -197,28 +240,55 @@ async def test_servegate_in_front_of_servegate(
 ) -> None:
     from servegate.app import GatewaySettings, create_app
     from servegate.transport.client import Timeouts
-    from tests.conftest import OPENAI_KEY
 
     # The upstream gateway: its own auth file, serving "team-chat" over the OpenAI simulator.
     upstream_dir = Workspace(tmp_path / "upstream")
-    write_yaml(upstream_dir.manifests / "e.yaml", endpoint_doc("team-chat", [openai_entity("gpt-4o-mini", openai_sim + "/v1")]))
-    auth = write_auth_file(upstream_dir.root / "auth.yaml", {"dapi-upstream": ("front-gateway", [])})
-    upstream_app = create_app(GatewaySettings(paths=(upstream_dir.manifests,), secrets_dir=upstream_dir.secrets,
-                                              auth_file=auth, watch=False, timeouts=Timeouts(2, 5, 5)))
+    write_yaml(
+        upstream_dir.manifests / "e.yaml",
+        endpoint_doc("team-chat", [openai_entity("gpt-4o-mini", openai_sim + "/v1")]),
+    )
+    auth = write_auth_file(
+        upstream_dir.root / "auth.yaml", {"dapi-upstream": ("front-gateway", [])}
+    )
+    upstream_app = create_app(
+        GatewaySettings(
+            paths=(upstream_dir.manifests,),
+            secrets_dir=upstream_dir.secrets,
+            auth_file=auth,
+            watch=False,
+            timeouts=Timeouts(2, 5, 5),
+        )
+    )
     runner, upstream_url = await start_site(upstream_app)
     try:
         front_dir = Workspace(tmp_path / "front")
         write_secret(front_dir.secrets, "ws", "token", "dapi-upstream")
-        entity = {"external_model": {"name": "team-chat", "provider": "databricks-model-serving", "task": "llm/v1/chat",
-                                     "databricks_model_serving_config": {"databricks_workspace_url": upstream_url,
-                                                                         "databricks_api_token": "{{secrets/ws/token}}"}}}
+        entity = {
+            "external_model": {
+                "name": "team-chat",
+                "provider": "databricks-model-serving",
+                "task": "llm/v1/chat",
+                "databricks_model_serving_config": {
+                    "databricks_workspace_url": upstream_url,
+                    "databricks_api_token": "{{secrets/ws/token}}",
+                },
+            }
+        }
         missing = {"external_model": {**entity["external_model"], "name": "ghost"}}
-        write_yaml(front_dir.manifests / "e.yaml", endpoint_doc("chat", [entity]), endpoint_doc("broken", [missing]))
-        front = await aiohttp_client(in_process_app(paths=(front_dir.manifests,), secrets_dir=front_dir.secrets))
+        write_yaml(
+            front_dir.manifests / "e.yaml",
+            endpoint_doc("chat", [entity]),
+            endpoint_doc("broken", [missing]),
+        )
+        front = await aiohttp_client(
+            in_process_app(paths=(front_dir.manifests,), secrets_dir=front_dir.secrets)
+        )
         resp = await front.post("/v1/chat/completions", json={"model": "chat", **CHAT})
         assert resp.status == 200
         assert (await resp.json())["choices"][0]["message"]["content"]
-        stream = await front.post("/serving-endpoints/chat/invocations", json={**CHAT, "stream": True})
+        stream = await front.post(
+            "/serving-endpoints/chat/invocations", json={**CHAT, "stream": True}
+        )
         assert (await stream.read()).endswith(b"data: [DONE]\n\n")
         emb_error = await front.post("/serving-endpoints/broken/invocations", json=CHAT)
         assert emb_error.status == 404

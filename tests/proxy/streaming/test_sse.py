@@ -8,9 +8,9 @@ from servegate.streaming.sse import SSEDecoder, SSEEvent, encode_data
 
 RAW = (
     b": keep-alive comment\n"
-    b"data: {\"a\": 1}\n\n"
+    b'data: {"a": 1}\n\n'
     b"event: message\r\nid: 7\r\ndata: line one\r\ndata: line two\r\n\r\n"
-    b"data: {\"b\": 2}\r\r"
+    b'data: {"b": 2}\r\r'
     b"retry: 100\n\n"
     b"data: [DONE]\n\n"
 )
