@@ -6,14 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import REPO, endpoint_doc, openai_entity, write_yaml
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -36,7 +39,10 @@ def test_validate_reports_file_document_and_field(tmp_path: Path) -> None:
     result = run("-m", "servegate", "validate", str(path))
     assert result.returncode == 1
     assert f"ok     {path}#0: endpoint 'good'" in result.stdout
-    assert f"error  {path}#1 (endpoint 'bad'): spec.config.served_entities[0].external_model.task" in result.stdout
+    assert (
+        f"error  {path}#1 (endpoint 'bad'): spec.config.served_entities[0].external_model.task"
+        in result.stdout
+    )
     assert "llm/v1/chat" in result.stdout  # the allowed values are listed
     assert run("-m", "servegate", "validate", str(REPO / "examples")).returncode == 0
     missing = run("-m", "servegate", "validate", str(tmp_path / "nope.yaml"))
@@ -44,7 +50,9 @@ def test_validate_reports_file_document_and_field(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
-    result = run("-m", "servegate", "serve", str(REPO / "examples"), "--host", "0.0.0.0", timeout=30)
+    result = run(
+        "-m", "servegate", "serve", str(REPO / "examples"), "--host", "0.0.0.0", timeout=30
+    )
     assert result.returncode == 2
     assert "--auth-file" in result.stderr and "--insecure-no-auth" in result.stderr
 
@@ -52,7 +60,9 @@ def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
 def test_serve_reports_a_bad_auth_file(tmp_path: Path) -> None:
     auth = tmp_path / "auth.yaml"
     auth.write_text("tokens: [{name: ana, sha256: not-hex}]\n")
-    result = run("-m", "servegate", "serve", str(REPO / "examples"), "--auth-file", str(auth), timeout=30)
+    result = run(
+        "-m", "servegate", "serve", str(REPO / "examples"), "--auth-file", str(auth), timeout=30
+    )
     assert result.returncode == 2
     assert "tokens.0.sha256" in result.stderr
     assert "Traceback" not in result.stderr

@@ -77,13 +77,16 @@ def live_token(tokens: TokenRegistry, audience: str = COGNITIVE_SERVICES_AUDIENC
 async def test_chat_with_api_key(sim: TestClient[Any, Any], sdk: openai.AsyncAzureOpenAI) -> None:
     result = await sdk.chat.completions.create(model=DEPLOYMENT, messages=MESSAGES)
 
-    sent = control_of(sim.server.app).requests()[0]
+    sent = control_of(sim.app).requests()[0]
     assert sent["path"] == CHAT_PATH
     assert sent["query"] == {"api-version": VERSION}
     assert sent["headers"]["api-key"] == KEY
     assert "authorization" not in sent["headers"]
     assert result.model == "gpt-4o-2024-08-06"
-    assert result.choices[0].message.content == "Simulated reply from gpt-4o-2024-08-06 to: hello azure"
+    assert (
+        result.choices[0].message.content
+        == "Simulated reply from gpt-4o-2024-08-06 to: hello azure"
+    )
     extra = result.model_extra or {}
     assert extra["prompt_filter_results"][0]["content_filter_results"]["hate"]["filtered"] is False
     choice_extra = result.choices[0].model_extra or {}
@@ -123,22 +126,20 @@ async def test_entra_bearer_token_is_accepted(
         result = await client.chat.completions.create(model=DEPLOYMENT, messages=MESSAGES)
 
     assert result.choices[0].finish_reason == "stop"
-    assert control_of(sim.server.app).requests()[0]["headers"]["authorization"] == (
-        f"Bearer {token}"
-    )
+    assert control_of(sim.app).requests()[0]["headers"]["authorization"] == (f"Bearer {token}")
 
 
 @pytest.mark.parametrize("problem", ["unknown", "expired", "wrong_audience"])
 async def test_bad_bearer_tokens_are_refused(
     sim: TestClient[Any, Any], tokens: TokenRegistry, clock: FakeClock, problem: str
 ) -> None:
-    token = {
-        "unknown": lambda: "not-a-token-we-issued",
-        "expired": lambda: live_token(tokens),
-        "wrong_audience": lambda: live_token(tokens, "https://graph.microsoft.com"),
-    }[problem]()
-    if problem == "expired":
+    if problem == "unknown":
+        token = "not-a-token-we-issued"
+    elif problem == "expired":
+        token = live_token(tokens)
         clock.now += 3600
+    else:
+        token = live_token(tokens, "https://graph.microsoft.com")
 
     async with azure_client(sim, azure_ad_token=token) as client:
         with pytest.raises(openai.AuthenticationError) as caught:

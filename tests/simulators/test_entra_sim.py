@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,7 @@ async def test_faults_match_the_client_id_and_issue_nothing(
     assert (await failed.json())["error"] == "temporarily_unavailable"
     assert recovered.status == 200
     assert tokens.issued_count == 1
-    assert control_of(sim.server.app).requests()[0]["form"] == form()
+    assert control_of(sim.app).requests()[0]["form"] == form()
 
 
 # --- msal over TLS ------------------------------------------------------------------
@@ -214,24 +215,31 @@ async def tls_sims(
         yield running
 
 
-def msal_app(sims: RunningSimulators, ca: Path, secret: str) -> Any:
-    return msal.ConfidentialClientApplication(
+@contextmanager
+def msal_app(sims: RunningSimulators, ca: Path, secret: str) -> Iterator[Any]:
+    """An msal confidential client on the simulator; its HTTP session (and so its
+    keep-alive TLS connections) is closed afterwards."""
+    app = msal.ConfidentialClientApplication(
         CLIENT_ID,
         client_credential=secret,
         authority=f"{sims.entra_authority_host}/{TENANT}",
         verify=str(ca),
         instance_discovery=False,
     )
+    try:
+        yield app
+    finally:
+        app.http_client.close()
 
 
 async def test_msal_acquires_and_caches_a_token(
     tls_sims: RunningSimulators, tls_files: TlsFiles
 ) -> None:
     def acquire_twice() -> tuple[dict[str, Any], dict[str, Any]]:
-        app = msal_app(tls_sims, tls_files.ca, SECRET)
-        first = app.acquire_token_for_client(scopes=[SCOPE])
-        second = app.acquire_token_for_client(scopes=[SCOPE])
-        return first, second
+        with msal_app(tls_sims, tls_files.ca, SECRET) as app:
+            first = app.acquire_token_for_client(scopes=[SCOPE])
+            second = app.acquire_token_for_client(scopes=[SCOPE])
+            return first, second
 
     first, second = await asyncio.wait_for(asyncio.to_thread(acquire_twice), timeout=15)
 
@@ -248,10 +256,9 @@ async def test_msal_acquires_and_caches_a_token(
 
 async def test_msal_reports_a_bad_secret(tls_sims: RunningSimulators, tls_files: TlsFiles) -> None:
     def acquire() -> dict[str, Any]:
-        result: dict[str, Any] = msal_app(
-            tls_sims, tls_files.ca, "wrong"
-        ).acquire_token_for_client(scopes=[SCOPE])
-        return result
+        with msal_app(tls_sims, tls_files.ca, "wrong") as app:
+            result: dict[str, Any] = app.acquire_token_for_client(scopes=[SCOPE])
+            return result
 
     result = await asyncio.wait_for(asyncio.to_thread(acquire), timeout=15)
 
@@ -265,8 +272,8 @@ async def test_msal_token_authorises_azure_openai(
     tls_sims: RunningSimulators, tls_files: TlsFiles
 ) -> None:
     def acquire() -> str:
-        result = msal_app(tls_sims, tls_files.ca, SECRET).acquire_token_for_client(scopes=[SCOPE])
-        return str(result["access_token"])
+        with msal_app(tls_sims, tls_files.ca, SECRET) as app:
+            return str(app.acquire_token_for_client(scopes=[SCOPE])["access_token"])
 
     token = await asyncio.wait_for(asyncio.to_thread(acquire), timeout=15)
     async with openai.AsyncAzureOpenAI(

@@ -50,8 +50,14 @@ def stream_body(model: str = "m") -> dict[str, Any]:
     return {"model": model, "messages": MESSAGES, "stream": True}
 
 
+async def collect(source: AsyncIterator[Any], into: list[Any]) -> None:
+    """Drain ``source`` into ``into``, so what arrived before an error stays visible."""
+    async for item in source:
+        into.append(item)
+
+
 async def read_events(resp: aiohttp.ClientResponse, count: int) -> list[str]:
-    events = []
+    events: list[str] = []
     while len(events) < count:
         line = (await resp.content.readline()).decode()
         if line.startswith("data: "):
@@ -124,27 +130,26 @@ async def test_stream_cut_makes_the_sdk_raise(
     sim: TestClient[Any, Any], sdk: openai.AsyncOpenAI
 ) -> None:
     await add_fault(sim, stream_cut_after=2, times=1)
-    received = 0
+    received: list[object] = []
 
     stream = await sdk.chat.completions.create(model="m", messages=MESSAGES, stream=True)
     with pytest.raises(openai.APIConnectionError):
-        async for _ in stream:
-            received += 1
+        await collect(stream, received)
 
-    assert received == 2
+    assert len(received) == 2
 
 
 async def test_stream_cut_leaves_the_body_incomplete_on_the_wire(
     sim: TestClient[Any, Any],
 ) -> None:
     await add_fault(sim, stream_cut_after=3, times=1)
-    data = b""
+    pieces: list[bytes] = []
 
     resp = await sim.post("/v1/chat/completions", json=stream_body(), headers=AUTH)
     with pytest.raises(aiohttp.ClientPayloadError):
-        async for piece in resp.content.iter_any():
-            data += piece
+        await collect(resp.content.iter_any(), pieces)
 
+    data = b"".join(pieces)
     assert resp.status == 200
     assert data.count(b"data: ") == 3
     assert b"[DONE]" not in data
@@ -173,8 +178,7 @@ async def test_malformed_stream_event(sim: TestClient[Any, Any], sdk: openai.Asy
     events = (await resp.read()).decode().split("\n\n")[:-1]
     stream = await sdk.chat.completions.create(model="m", messages=MESSAGES, stream=True)
     with pytest.raises(json.JSONDecodeError):
-        async for _ in stream:
-            pass
+        await collect(stream, [])
 
     json.loads(events[0].removeprefix("data: "))
     with pytest.raises(json.JSONDecodeError):

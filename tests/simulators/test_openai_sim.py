@@ -67,7 +67,7 @@ async def test_chat_completion_is_deterministic(client: openai.AsyncOpenAI) -> N
     assert result.choices[0].message.role == "assistant"
     assert result.choices[0].finish_reason == "stop"
     assert result.usage is not None
-    assert result.usage.prompt_tokens == len("Be brief.".split()) + len(USER_TEXT.split())
+    assert result.usage.prompt_tokens == len(["Be", "brief."]) + len(USER_TEXT.split())
     assert result.usage.completion_tokens == len(expected.split())
     assert result.usage.total_tokens == result.usage.prompt_tokens + result.usage.completion_tokens
 
@@ -138,7 +138,8 @@ async def test_n_max_tokens_and_stop(client: openai.AsyncOpenAI) -> None:
     assert two.choices[0].message.content != two.choices[1].message.content
     assert short.choices[0].message.content == "Simulated reply from"
     assert short.choices[0].finish_reason == "length"
-    assert short.usage is not None and short.usage.completion_tokens == 3
+    assert short.usage is not None
+    assert short.usage.completion_tokens == 3
     assert stopped.choices[0].message.content == "Simulated reply"
     assert stopped.choices[0].finish_reason == "stop"
 
@@ -208,7 +209,7 @@ async def test_response_format_json(client: openai.AsyncOpenAI) -> None:
     as_object = await client.chat.completions.create(
         model="m", messages=_user("hi"), response_format={"type": "json_object"}
     )
-    schema = {
+    schema: Any = {
         "type": "object",
         "properties": {"answer": {"type": "string"}, "score": {"type": "number"}},
     }
@@ -285,7 +286,9 @@ async def test_embeddings_base64_default_of_the_sdk(
 async def test_embeddings_base64_is_little_endian_float32(server: TestServer) -> None:
     body = {"model": "e", "input": "hello", "encoding_format": "base64"}
     _, _, raw_b64 = await _raw_post(server, "/v1/embeddings", body)
-    _, _, raw_float = await _raw_post(server, "/v1/embeddings", {**body, "encoding_format": "float"})
+    _, _, raw_float = await _raw_post(
+        server, "/v1/embeddings", {**body, "encoding_format": "float"}
+    )
 
     encoded = json.loads(raw_b64)["data"][0]["embedding"]
     decoded = list(struct.unpack("<8f", base64.b64decode(encoded)))
@@ -318,9 +321,7 @@ async def test_missing_key_is_401(server: TestServer) -> None:
 
 async def test_unknown_parameter_is_rejected(client: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await client.chat.completions.create(
-            model="m", messages=_user(), extra_body={"top_k": 5}
-        )
+        await client.chat.completions.create(model="m", messages=_user(), extra_body={"top_k": 5})
 
     assert caught.value.body == {
         "message": "Unrecognized request argument supplied: top_k",
@@ -396,3 +397,33 @@ async def test_unknown_path_is_openai_invalid_url(server: TestServer) -> None:
 
     assert status == 404
     assert json.loads(raw)["error"]["message"] == "Invalid URL (POST /v1/chat/complete)"
+
+
+async def test_completions_echo_is_not_counted_as_completion(client: openai.AsyncOpenAI) -> None:
+    plain = await client.completions.create(model="m", prompt="Say hi")
+    echoed = await client.completions.create(model="m", prompt="Say hi", echo=True)
+
+    assert echoed.choices[0].text == "Say hi" + plain.choices[0].text
+    assert plain.usage is not None
+    assert echoed.usage is not None
+    assert echoed.usage.completion_tokens == plain.usage.completion_tokens
+
+
+@pytest.mark.parametrize("bad_input", ["", [], ["ok", ""], {"text": "x"}])
+async def test_invalid_embedding_input_is_400(server: TestServer, bad_input: object) -> None:
+    status, _, raw = await _raw_post(server, "/v1/embeddings", {"model": "e", "input": bad_input})
+
+    assert status == 400
+    assert json.loads(raw)["error"]["message"].startswith("'$.input' is invalid.")
+
+
+async def test_model_listing_honours_model_less_faults(
+    client: openai.AsyncOpenAI, server: TestServer
+) -> None:
+    control_of(server.app).add_fault({"model": "gpt-4o", "status": 500})
+    listed = await client.models.list()
+    control_of(server.app).add_fault({"status": 503, "times": 1})
+
+    with pytest.raises(openai.InternalServerError):
+        await client.models.list()
+    assert listed.data

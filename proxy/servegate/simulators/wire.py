@@ -1,0 +1,147 @@
+"""Putting a simulator's answer on the wire, with any injected fault applied.
+
+Handlers describe *what* to answer (a JSON body or a list of SSE events) as a
+:data:`Reply`; :func:`deliver` owns *how*: it takes the matching fault, then
+delays, replaces, truncates, corrupts or parks the response exactly as the fault
+says. Keeping that in one place means every endpoint of every simulator misbehaves
+the same way, and handlers stay free of fault logic.
+
+SSE framing follows OpenAI's: ``data: <json>\\n\\n`` per event, then
+``data: [DONE]\\n\\n``. A "cut" really drops the TCP connection after the chosen
+number of events, so the client sees a body without its terminator (for chunked
+transfer encoding: no final zero-length chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from .faults import Fault, control_of
+
+__all__ = ["JsonReply", "Reply", "StreamReply", "deliver", "json_response"]
+
+_SSE_DONE = b"data: [DONE]\n\n"
+#: What a corrupted SSE event carries: a ``data:`` line whose payload is not JSON.
+_MALFORMED_EVENT = b'data: {"id": "chatcmpl-sim-malformed", "choices": [\n\n'
+
+
+@dataclass(frozen=True, slots=True)
+class JsonReply:
+    status: int
+    body: object
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    events: Sequence[object]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Reply = JsonReply | StreamReply
+
+
+def json_response(
+    status: int, body: object, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON response serialised with orjson (used for errors raised before faults)."""
+    resp = web.Response(status=status, body=orjson.dumps(body), headers=headers)
+    resp.content_type = "application/json"
+    return resp
+
+
+def _cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+    """Drop the connection: buffered bytes are flushed, then the socket is closed
+    without the body's terminator. aiohttp's own ``write_eof`` afterwards meets a
+    closing transport and gives up quietly."""
+    resp.force_close()
+    if request.transport is not None:
+        request.transport.close()
+    return resp
+
+
+async def _send_json(
+    request: web.Request, reply: JsonReply, fault: Fault | None
+) -> web.StreamResponse:
+    payload = orjson.dumps(reply.body)
+    if fault is not None and fault.malformed:
+        payload = payload[:-1]  # valid JSON minus its closing bracket: not JSON any more
+    if fault is not None and fault.gate is not None:
+        await control_of(request.app).gate(fault.gate).wait()
+    headers = {**reply.headers, **(fault.headers if fault else {})}
+    if fault is None or fault.stream_cut_after is None:
+        whole = web.Response(status=reply.status, body=payload, headers=headers)
+        whole.content_type = "application/json"
+        return whole
+    # A non-streaming "cut": announce the full length, send half, hang up.
+    resp = web.StreamResponse(status=reply.status, headers=headers)
+    resp.content_type = "application/json"
+    resp.content_length = len(payload)
+    await resp.prepare(request)
+    await resp.write(payload[: len(payload) // 2])
+    return _cut(request, resp)
+
+
+async def _send_stream(
+    request: web.Request, reply: StreamReply, fault: Fault | None
+) -> web.StreamResponse:
+    headers = {
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-cache",
+        **reply.headers,
+        **(fault.headers if fault else {}),
+    }
+    resp = web.StreamResponse(status=200, headers=headers)
+    await resp.prepare(request)
+    gate = control_of(request.app).gate(fault.gate) if fault and fault.gate else None
+    cut_after = fault.stream_cut_after if fault else None
+    try:
+        for sent, event in enumerate(reply.events):
+            if gate is not None and fault is not None and sent == fault.gate_after:
+                await gate.wait()
+            if cut_after is not None and sent == cut_after:
+                return _cut(request, resp)
+            await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            if sent == 0 and fault is not None and fault.malformed:
+                await resp.write(_MALFORMED_EVENT)
+        if gate is not None:  # gate_after >= number of events: park before [DONE]
+            await gate.wait()
+        if cut_after is not None:
+            return _cut(request, resp)
+        await resp.write(_SSE_DONE)
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the client went away mid-stream; nothing left to tell it
+    return resp
+
+
+async def deliver(
+    request: web.Request, reply: Reply | Callable[[], Reply], *, model: str | None
+) -> web.StreamResponse:
+    """Send ``reply``, or what the first fault matching ``model`` turns it into.
+
+    ``reply`` may be a callable, invoked only when no fault replaces the answer, for
+    answers with side effects (the Entra simulator issues a token only if sent).
+    """
+    control = control_of(request.app)
+    fault = control.take_fault(model)
+    if fault is not None and fault.latency_ms:
+        await asyncio.sleep(fault.latency_ms / 1000)
+    if fault is not None and fault.overrides_response:
+        status = fault.status if fault.status is not None else 200
+        body = (
+            fault.body
+            if fault.body is not None
+            else control.error_factory(request, status, model, fault.headers)
+        )
+        reply = JsonReply(status=status, body=body)
+    elif callable(reply):
+        reply = reply()
+    if isinstance(reply, StreamReply):
+        return await _send_stream(request, reply, fault)
+    return await _send_json(request, reply, fault)
