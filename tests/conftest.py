@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,11 +167,18 @@ def background_loop() -> Iterator[BackgroundLoop]:
 class GatewayProcess:
     """``python -m servegate serve ...`` as a real process; stdout announces the port."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        *,
+        port_zero: bool = True,
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "servegate", *args, "--port", "0"],
+            [sys.executable, "-m", "servegate", *args, *(["--port", "0"] if port_zero else [])],
             stdout=subprocess.PIPE,
             stderr=self._log,
             cwd=REPO,
@@ -189,15 +197,21 @@ class GatewayProcess:
             lines.put(b"")
 
         threading.Thread(target=pump, daemon=True).start()
-        try:
-            line = lines.get(timeout=timeout)
-        except queue.Empty:
-            self.stop()
-            raise RuntimeError(f"gateway did not start in {timeout}s:\n{self.logs()}") from None
-        text = line.decode().strip()
-        if "listening on " not in text:
-            self.stop()
-            raise RuntimeError(f"gateway failed to start ({text!r}):\n{self.logs()}")
+        deadline = time.monotonic() + timeout
+        self.stdout_lines: list[str] = []
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError(f"gateway did not start in {timeout}s:\n{self.logs()}") from None
+            text = line.decode().strip()
+            self.stdout_lines.append(text)
+            if not line:
+                self.stop()
+                raise RuntimeError(f"gateway exited before listening:\n{self.logs()}")
+            if text.startswith("servegate: listening on "):
+                break
         return text.rsplit("listening on ", 1)[1]
 
     def logs(self) -> str:

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, endpoint_doc, openai_entity, write_yaml
+import requests
+
+from tests.conftest import REPO, GatewayProcess, endpoint_doc, openai_entity, write_yaml
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -66,3 +68,72 @@ def test_serve_reports_a_bad_auth_file(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "tokens.0.sha256" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_quickstart_serves_the_examples_offline(tmp_path: Path) -> None:
+    """The README's first command: examples/ over the simulators, no keys, no network."""
+    gateway = GatewayProcess(["quickstart"], tmp_path / "quickstart.log")
+    try:
+        assert (
+            "servegate: simulator openai listening on http://127.0.0.1:8901" in gateway.stdout_lines
+        )
+        with requests.Session() as client:
+            chat = client.post(
+                gateway.url + "/serving-endpoints/chat/invocations",
+                json={"messages": [{"role": "user", "content": "Hello!"}]},
+                timeout=10,
+            )
+            assert chat.status_code == 200
+            assert chat.headers["served-model-name"] in ("gpt-4o-mini", "local-llama")
+            emb = client.post(
+                gateway.url + "/serving-endpoints/embeddings/invocations",
+                json={"input": ["servegate"]},
+                timeout=10,
+            )
+            assert emb.status_code == 200
+            listed = client.get(gateway.url + "/api/2.0/serving-endpoints", timeout=10).json()[
+                "endpoints"
+            ]
+            assert {ep["name"]: ep["state"]["ready"] for ep in listed} == {
+                "chat": "READY",
+                "completions": "READY",
+                "embeddings": "READY",
+            }
+    finally:
+        gateway.stop()
+
+
+def test_simulate_serves_the_chosen_simulators(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "servegate",
+            "simulate",
+            "--only",
+            "openai",
+            "--openai-port",
+            "0",
+            "--openai-key",
+            "k1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("servegate: simulator openai listening on http://127.0.0.1:")
+        url = line.split(" on ", 1)[1].strip()
+        ok = requests.post(
+            f"{url}/v1/chat/completions",
+            headers={"Authorization": "Bearer k1"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
+        )
+        assert ok.status_code == 200
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
