@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -238,3 +239,46 @@ def in_process_app(
         return create_app(gateway_settings(**overrides))
 
     return make
+
+
+# ---- helpers for tests that drive a real gateway process from synchronous code
+
+
+async def http_get(url: str) -> Any:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        return await r.json()
+
+
+async def http_chat(url: str, endpoint: str) -> tuple[int, str | None, Any]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            f"{url}/serving-endpoints/{endpoint}/invocations",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+        ) as r,
+    ):
+        return r.status, r.headers.get("served-model-name"), await r.json()
+
+
+def wait_for_generation(loop: BackgroundLoop, url: str, above: int, timeout: float = 15) -> int:
+    """Bounded wait for the gateway to publish a newer config generation."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        generation = int(loop.run(http_get(url + "/readyz"))["generation"])
+        if generation > above:
+            return generation
+        loop.run(asyncio.sleep(0.05))
+    raise AssertionError(f"no config generation above {above} within {timeout}s")
+
+
+def generation(loop: BackgroundLoop, url: str) -> int:
+    return int(loop.run(http_get(url + "/readyz"))["generation"])
+
+
+async def new_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession()
+
+
+async def http_post(url: str, body: Any) -> Any:
+    async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
+        return await r.json()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,14 @@ from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
     endpoint_doc,
+    generation,
+    http_chat,
+    http_get,
+    http_post,
+    new_session,
     openai_entity,
     start_site,
+    wait_for_generation,
     write_secret,
     write_yaml,
 )
@@ -35,37 +40,6 @@ def sim(background_loop: BackgroundLoop) -> Iterator[str]:
     runner, url = background_loop.run(start_site(create_openai_app(api_keys={KEY, "sk-rotated"})))
     yield url
     background_loop.run(runner.cleanup())
-
-
-async def _get(url: str) -> Any:
-    async with aiohttp.ClientSession() as s, s.get(url) as r:
-        return await r.json()
-
-
-async def _chat(url: str, endpoint: str) -> tuple[int, str | None, Any]:
-    async with (
-        aiohttp.ClientSession() as s,
-        s.post(
-            f"{url}/serving-endpoints/{endpoint}/invocations",
-            json={"messages": [{"role": "user", "content": "hi"}]},
-        ) as r,
-    ):
-        return r.status, r.headers.get("served-model-name"), await r.json()
-
-
-def wait_for_generation(loop: BackgroundLoop, url: str, above: int, timeout: float = 15) -> int:
-    """Bounded wait for the gateway to publish a newer config generation."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        generation = int(loop.run(_get(url + "/readyz"))["generation"])
-        if generation > above:
-            return generation
-        loop.run(asyncio.sleep(0.05))
-    raise AssertionError(f"no config generation above {above} within {timeout}s")
-
-
-def generation(loop: BackgroundLoop, url: str) -> int:
-    return int(loop.run(_get(url + "/readyz"))["generation"])
 
 
 def start(tmp: Path, manifests: Path) -> GatewayProcess:
@@ -85,14 +59,14 @@ def test_edit_reloads_and_invalid_edit_keeps_last_good(
     )
     gw = start(tmp_path, manifest)
     try:
-        assert loop.run(_chat(gw.url, "chat"))[1] == "v1"
+        assert loop.run(http_chat(gw.url, "chat"))[1] == "v1"
         gen = generation(loop, gw.url)
         write_yaml(
             manifest, endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="v2")])
         )
         gen = wait_for_generation(loop, gw.url, gen)
-        assert loop.run(_chat(gw.url, "chat"))[1] == "v2"
-        got = loop.run(_get(gw.url + "/api/2.0/serving-endpoints/chat"))
+        assert loop.run(http_chat(gw.url, "chat"))[1] == "v2"
+        got = loop.run(http_get(gw.url + "/api/2.0/serving-endpoints/chat"))
         assert got["config"]["config_version"] == 2
         # An invalid edit: logged, reported on GET, and the last good version keeps serving.
         broken = endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="v3")])
@@ -101,14 +75,14 @@ def test_edit_reloads_and_invalid_edit_keeps_last_good(
         }
         write_yaml(manifest, broken)
         gen = wait_for_generation(loop, gw.url, gen)
-        status, entity, _ = loop.run(_chat(gw.url, "chat"))
+        status, entity, _ = loop.run(http_chat(gw.url, "chat"))
         assert (status, entity) == (200, "v2")
-        got = loop.run(_get(gw.url + "/api/2.0/serving-endpoints/chat"))
+        got = loop.run(http_get(gw.url + "/api/2.0/serving-endpoints/chat"))
         assert got["state"]["config_update"] == "UPDATE_FAILED"
         assert "sum to 100" in got["state"]["message"]
         manifest.write_text("chat: [unclosed\n")  # broken YAML: still the last good version
         gen = wait_for_generation(loop, gw.url, gen)
-        assert loop.run(_chat(gw.url, "chat"))[:2] == (200, "v2")
+        assert loop.run(http_chat(gw.url, "chat"))[:2] == (200, "v2")
         assert "traffic_percentage" not in gw.logs() or "sum to 100" in gw.logs()
     finally:
         gw.stop()
@@ -137,13 +111,13 @@ def test_configmap_symlink_swap_and_secret_rotation(
     )
     gw = start(tmp_path, mount)
     try:
-        status, _, body = loop.run(_chat(gw.url, "one"))
+        status, _, body = loop.run(http_chat(gw.url, "one"))
         assert status == 401  # the upstream refused the wrong key, wrapped
         assert "external_model_provider" in body["message"]
         gen = generation(loop, gw.url)
         write_secret(tmp_path / "secrets", "openai", "api_key", KEY)  # rotate the secret file
         gen = wait_for_generation(loop, gw.url, gen)
-        assert loop.run(_chat(gw.url, "one"))[0] == 200
+        assert loop.run(http_chat(gw.url, "one"))[0] == 200
         publish(
             "2026_11_22_00_01_00.2",
             endpoint_doc("one", [openai_entity("gpt-4o-mini", sim + "/v1")]),
@@ -151,10 +125,11 @@ def test_configmap_symlink_swap_and_secret_rotation(
         )
         wait_for_generation(loop, gw.url, gen)
         names = [
-            ep["name"] for ep in loop.run(_get(gw.url + "/api/2.0/serving-endpoints"))["endpoints"]
+            ep["name"]
+            for ep in loop.run(http_get(gw.url + "/api/2.0/serving-endpoints"))["endpoints"]
         ]
         assert names == ["one", "two"]
-        assert loop.run(_chat(gw.url, "two"))[0] == 200
+        assert loop.run(http_chat(gw.url, "two"))[0] == 200
     finally:
         gw.stop()
     assert "sk-wrong-before-rotation" not in gw.logs()
@@ -193,12 +168,12 @@ def test_stream_in_flight_survives_a_reload(
 
     try:
         loop.run(
-            _post(
+            http_post(
                 sim + "/_sim/faults",
                 {"model": "gated-model", "gate": "hold", "gate_after": 2, "times": 1},
             )
         )
-        session = loop.run(_session())
+        session = loop.run(new_session())
         resp, first = loop.run(stream_until_gate(session))
         assert resp.headers["served-model-name"] == "old"
         gen = generation(loop, gw.url)
@@ -206,8 +181,10 @@ def test_stream_in_flight_survives_a_reload(
             manifest, endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1", name="new")])
         )
         wait_for_generation(loop, gw.url, gen)
-        assert loop.run(_chat(gw.url, "chat"))[1] == "new"  # the next request sees the new config
-        loop.run(_post(sim + "/_sim/gates/hold/open", {}))
+        assert (
+            loop.run(http_chat(gw.url, "chat"))[1] == "new"
+        )  # the next request sees the new config
+        loop.run(http_post(sim + "/_sim/gates/hold/open", {}))
         rest = loop.run(read_rest(resp))
         lines = [line for line in (b"".join(first) + rest).decode().split("\n") if line]
         assert lines[-1] == "data: [DONE]"
@@ -216,12 +193,3 @@ def test_stream_in_flight_survives_a_reload(
         loop.run(session.close())
     finally:
         gw.stop()
-
-
-async def _session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession()
-
-
-async def _post(url: str, body: Any) -> Any:
-    async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
-        return await r.json()

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from servegate.providers.base import UpstreamRequest
 from servegate.providers.openai import TASK_PATHS, OpenAIFormatProvider
-from servegate.spec.endpoint import ExternalModel, Task
+from servegate.spec import ExternalModel, OpenAIApiType, Task
 from servegate.transport.credentials import CredentialRegistry, EntraTokenSource
 
 
@@ -35,7 +35,7 @@ class AzureOpenAIProvider(OpenAIFormatProvider):
         self._query = f"?api-version={quote(config.openai_api_version or '', safe='')}"
         self._token_source: EntraTokenSource | None = None
         self._headers: dict[str, str] = {}
-        if (config.openai_api_type or "").lower() == "azuread":
+        if config.openai_api_type == OpenAIApiType.AZUREAD:
             self._token_source = credentials.entra(
                 tenant_id=config.microsoft_entra_tenant_id or "",
                 client_id=config.microsoft_entra_client_id or "",

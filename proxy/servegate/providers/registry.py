@@ -1,38 +1,54 @@
-"""Provider name → translator class: the only place where spec names meet classes."""
+"""Provider name → translator factory: the only place where spec names meet classes.
+
+Each provider unit adds one import and one line to ``FACTORIES``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from servegate.providers.azure_openai import AzureOpenAIProvider
 from servegate.providers.base import Provider
 from servegate.providers.custom import CustomProvider
 from servegate.providers.databricks import DatabricksServingProvider
 from servegate.providers.openai import OpenAIProvider
-from servegate.spec.endpoint import ExternalModel
-from servegate.spec.endpoint import Provider as ProviderName
+from servegate.spec import ExternalModel, OpenAIApiType
+from servegate.spec import Provider as ProviderName
 from servegate.transport.credentials import CredentialRegistry
+
+Factory = Callable[[ExternalModel, Mapping[str, str], CredentialRegistry], Provider]
 
 
 class UnsupportedProvider(ValueError):
     """The spec names a provider this build of the gateway cannot serve."""
 
 
+def _openai(
+    model: ExternalModel, secrets: Mapping[str, str], creds: CredentialRegistry
+) -> Provider:
+    config = model.openai_config
+    if config is not None and config.openai_api_type in (
+        OpenAIApiType.AZURE,
+        OpenAIApiType.AZUREAD,
+    ):
+        return AzureOpenAIProvider(model, secrets, creds)
+    return OpenAIProvider(model, secrets)
+
+
+FACTORIES: dict[ProviderName, Factory] = {
+    ProviderName.OPENAI: _openai,
+    ProviderName.CUSTOM: lambda model, secrets, _: CustomProvider(model, secrets),
+    ProviderName.DATABRICKS_MODEL_SERVING: lambda m, s, _: DatabricksServingProvider(m, s),
+}
+
+
 def build_provider(
     model: ExternalModel, secrets: Mapping[str, str], credentials: CredentialRegistry
 ) -> Provider:
     """The translator for one served entity; ``secrets`` maps credential field → value."""
-    match model.provider:
-        case ProviderName.OPENAI:
-            api_type = (model.openai_config.openai_api_type if model.openai_config else None) or ""
-            if api_type.lower() in ("azure", "azuread"):
-                return AzureOpenAIProvider(model, secrets, credentials)
-            return OpenAIProvider(model, secrets)
-        case ProviderName.CUSTOM:
-            return CustomProvider(model, secrets)
-        case ProviderName.DATABRICKS_MODEL_SERVING:
-            return DatabricksServingProvider(model, secrets)
-        case _:
-            raise UnsupportedProvider(
-                f"provider '{model.provider}' is not available in this servegate version"
-            )
+    factory = FACTORIES.get(model.provider)
+    if factory is None:
+        raise UnsupportedProvider(
+            f"provider '{model.provider}' is not available in this servegate version"
+        )
+    return factory(model, secrets, credentials)
