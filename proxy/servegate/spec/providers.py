@@ -268,6 +268,10 @@ class AnthropicConfig(ProviderConfig):
 
     anthropic_api_key: SecretReference | None = None
     anthropic_api_key_plaintext: Plaintext | None = None
+    anthropic_api_base: HttpUrl | None = Field(
+        default=None,
+        description="servegate extension: base URL instead of https://api.anthropic.com (a proxy, a private endpoint, a simulator).",
+    )
 
 
 class CohereConfig(ProviderConfig):
@@ -297,6 +301,10 @@ class AmazonBedrockConfig(ProviderConfig):
     )
     uc_service_credential_name: str | None = Field(
         default=None, description="Named service credential instead of access keys."
+    )
+    bedrock_endpoint_url: HttpUrl | None = Field(
+        default=None,
+        description="servegate extension: base URL instead of https://bedrock-runtime.<aws_region>.amazonaws.com (a proxy, a private endpoint, a simulator).",
     )
 
     _lower_provider = field_validator("bedrock_provider", mode="before")(_lowercase)
@@ -337,9 +345,14 @@ class GoogleCloudVertexAiConfig(ProviderConfig):
     project_id: str
     region: str
     private_key: SecretReference | None = Field(
-        default=None, description="Reference to the service account's private key."
+        default=None,
+        description="Reference to the service account key (the JSON key file Google issues).",
     )
     private_key_plaintext: Plaintext | None = None
+    vertex_api_base: HttpUrl | None = Field(
+        default=None,
+        description="servegate extension: base URL instead of https://<region>-aiplatform.googleapis.com (a proxy, a private endpoint, a simulator).",
+    )
 
 
 class Ai21LabsConfig(ProviderConfig):
@@ -347,6 +360,10 @@ class Ai21LabsConfig(ProviderConfig):
 
     ai21labs_api_key: SecretReference | None = None
     ai21labs_api_key_plaintext: Plaintext | None = None
+    ai21labs_api_base: HttpUrl | None = Field(
+        default=None,
+        description="servegate extension: base URL instead of https://api.ai21.com (a proxy, a private endpoint, a simulator).",
+    )
 
 
 class DatabricksModelServingConfig(ProviderConfig):
