@@ -1,0 +1,106 @@
+"""The only module that talks to the Kubernetes API: get, list, server-side apply, delete.
+
+Writes are server-side apply (``fieldManager=servegate-operator``, ``force``): the same
+desired object sent twice gives the same cluster, so reconcile can run any number of
+times and from any state. Reads return plain dicts. ``calls`` records every
+(group, resource, verb) used, which the RBAC test compares with the ClusterRole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "servegate-operator"
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None) -> str:
+        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        return f"{path}/{name}" if name else path
+
+
+SERVING_ENDPOINTS = Resource("servegate.io", "v1alpha1", "servingendpoints")
+CONFIG_MAPS = Resource("", "v1", "configmaps")
+SECRETS = Resource("", "v1", "secrets")
+SERVICES = Resource("", "v1", "services")
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
+PDBS = Resource("policy", "v1", "poddisruptionbudgets")
+HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers")
+
+BY_KIND = {
+    "ConfigMap": CONFIG_MAPS,
+    "Secret": SECRETS,
+    "Service": SERVICES,
+    "Deployment": DEPLOYMENTS,
+    "PodDisruptionBudget": PDBS,
+    "HorizontalPodAutoscaler": HPAS,
+}
+
+
+class Kube:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self._api = api_client
+        self.calls: set[tuple[str, str, str]] = set()
+
+    def _call(self, verb: str, resource: Resource, method: str, path: str, **kw: Any) -> Any:
+        self.calls.add((resource.group, resource.plural, verb))
+        data, _status, _headers = self._api.call_api(
+            path,
+            method,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=False,
+            _preload_content=True,
+            **kw,
+        )
+        return data
+
+    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self._call(
+                "get", resource, "GET", resource.path(namespace, name)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    def list(self, resource: Resource, namespace: str) -> list[dict[str, Any]]:
+        result = self._call("list", resource, "GET", resource.path(namespace))
+        items: list[dict[str, Any]] = result.get("items") or []
+        return items
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        resource = BY_KIND[obj["kind"]]
+        meta = obj["metadata"]
+        result: dict[str, Any] = self._call(
+            "patch",
+            resource,
+            "PATCH",
+            resource.path(meta["namespace"], meta["name"]),
+            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            header_params={
+                "Content-Type": "application/apply-patch+yaml",
+                "Accept": "application/json",
+            },
+            body=obj,
+        )
+        return result
+
+    def delete(self, resource: Resource, namespace: str, name: str) -> None:
+        try:
+            self._call("delete", resource, "DELETE", resource.path(namespace, name))
+        except ApiException as exc:
+            if exc.status != 404:
+                raise

@@ -1,0 +1,250 @@
+"""One level-based reconcile of a namespace's endpoints, driven by one of them.
+
+It looks at the desired state (every ServingEndpoint in the namespace) and applies it
+whole: the endpoint's own ConfigMap and plaintext Secret, then the namespace's shared
+gateway (whose owners are all the namespace's endpoints). Running it again changes
+nothing; running it after someone deleted or edited an owned object by hand puts it back.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from servegate.spec import ServingEndpointManifest, ServingEndpointSpec, validation_errors
+from servegate.spec.secrets import SecretRef
+from servegate_operator import kube
+from servegate_operator.kube import Kube
+from servegate_operator.naming import (
+    config_map_name,
+    endpoint_url,
+    plaintext_secret_name,
+    secret_name_for_scope,
+)
+from servegate_operator.render.config import RenderedEndpoint, render_endpoint
+from servegate_operator.render.gateway import (
+    render_deployment,
+    render_hpa,
+    render_pdb,
+    render_service,
+)
+from servegate_operator.settings import OperatorSettings
+from servegate_operator.status import Condition, Observed, render_status, transitions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """(type Normal|Warning, reason, message) to post on the endpoint."""
+
+
+def owner_reference(endpoint: dict[str, Any]) -> dict[str, Any]:
+    meta = endpoint["metadata"]
+    return {
+        "apiVersion": endpoint.get("apiVersion", "servegate.io/v1alpha1"),
+        "kind": "ServingEndpoint",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "blockOwnerDeletion": True,
+    }
+
+
+def _owned(
+    obj: dict[str, Any], owners: list[dict[str, Any]], *, controller: bool
+) -> dict[str, Any]:
+    refs = [owner_reference(o) for o in sorted(owners, key=lambda o: o["metadata"]["name"])]
+    if controller and len(refs) == 1:
+        refs[0]["controller"] = True
+    obj["metadata"]["ownerReferences"] = refs
+    return obj
+
+
+def _render(endpoint: dict[str, Any], namespace: str) -> RenderedEndpoint:
+    """Raises ValidationError or ValueError (e.g. a scope that maps to no Secret name)."""
+    spec = ServingEndpointSpec.model_validate(endpoint.get("spec") or {})
+    rendered = render_endpoint(endpoint["metadata"]["name"], namespace, spec)
+    for ref in rendered.refs:
+        secret_name_for_scope(ref.scope)
+    return rendered
+
+
+def _last_good(k: Kube, endpoint: dict[str, Any], namespace: str) -> RenderedEndpoint | None:
+    """An invalid endpoint keeps serving the config it last rendered, if any."""
+    name = endpoint["metadata"]["name"]
+    config_map = k.get(kube.CONFIG_MAPS, namespace, config_map_name(name))
+    if config_map is None:
+        return None
+    document = yaml.safe_load((config_map.get("data") or {}).get(f"{name}.yaml", "") or "{}")
+    try:
+        spec = ServingEndpointManifest.model_validate(document).spec
+    except ValidationError:
+        return None
+    refs = tuple(cred.ref for _, cred in spec.credentials() if cred.ref is not None)
+    return RenderedEndpoint(name, config_map, None, refs)
+
+
+def _check_secrets(k: Kube, namespace: str, rendered: RenderedEndpoint) -> Condition:
+    missing = []
+    own = plaintext_secret_name(rendered.name)
+    for ref in rendered.refs:
+        if ref.scope == own:
+            continue
+        secret = k.get(kube.SECRETS, namespace, secret_name_for_scope(ref.scope))
+        if secret is None or ref.key not in (secret.get("data") or {}):
+            missing.append(_describe_missing(ref, namespace, secret is None))
+    if missing:
+        return Condition("SecretsResolved", False, "SecretNotFound", "; ".join(missing))
+    return Condition(
+        "SecretsResolved", True, "AllSecretsFound", f"{len(rendered.refs)} secret keys found"
+    )
+
+
+def _describe_missing(ref: SecretRef, namespace: str, whole_secret: bool) -> str:
+    secret = secret_name_for_scope(ref.scope)
+    if whole_secret:
+        return f"secret scope '{ref.scope}' key '{ref.key}': Secret '{secret}' not found in namespace '{namespace}'"
+    return f"secret scope '{ref.scope}' key '{ref.key}': Secret '{secret}' has no key '{ref.key}'"
+
+
+def _gateway_condition(deployment: dict[str, Any] | None) -> Condition:
+    if deployment is None:
+        return Condition(
+            "GatewayAvailable", False, "RollingOut", "The gateway Deployment is being created."
+        )
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    wanted = spec.get("replicas", 1)
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    if (
+        status.get("observedGeneration", 0) < generation
+        or status.get("updatedReplicas", 0) < wanted
+    ):
+        return Condition(
+            "GatewayAvailable", False, "RollingOut", "The gateway is rolling out a new version."
+        )
+    if status.get("availableReplicas", 0) < 1:
+        return Condition(
+            "GatewayAvailable", False, "NoReplicaAvailable", "No gateway replica is available yet."
+        )
+    return Condition(
+        "GatewayAvailable",
+        True,
+        "Available",
+        f"{status['availableReplicas']} gateway replicas available",
+    )
+
+
+def reconcile(k: Kube, endpoint: dict[str, Any], settings: OperatorSettings, now: str) -> Outcome:
+    meta = endpoint["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    outcome = Outcome(status={})
+    entities: list[dict[str, Any]] = []
+    task: str | None = None
+    spec: ServingEndpointSpec | None = None
+    try:
+        rendered = _render(endpoint, namespace)
+    except ValidationError as exc:
+        issues = "; ".join(f"spec.{i.field}: {i.message}" for i in validation_errors(exc))
+        config = Condition("ConfigValid", False, "InvalidSpec", issues)
+        rendered_or_none = _last_good(k, endpoint, namespace)
+    except ValueError as exc:
+        config = Condition("ConfigValid", False, "InvalidSpec", str(exc))
+        rendered_or_none = _last_good(k, endpoint, namespace)
+    else:
+        config = Condition("ConfigValid", True, "Valid", "The spec is valid.")
+        rendered_or_none = rendered
+        spec = ServingEndpointSpec.model_validate(endpoint.get("spec") or {})
+        task = str(spec.task)
+        if rendered.plaintext_secret is not None:
+            k.apply(_owned(rendered.plaintext_secret, [endpoint], controller=True))
+            outcome.events.append(
+                (
+                    "Warning",
+                    "PlaintextCredential",
+                    f"{len(rendered.moved_plaintext)} plaintext credential(s) moved into Secret "
+                    f"'{rendered.plaintext_secret['metadata']['name']}'; use {{{{secrets/<scope>/<key>}}}} references instead.",
+                )
+            )
+        k.apply(_owned(rendered.config_map, [endpoint], controller=True))
+    secrets = (
+        _check_secrets(k, namespace, rendered_or_none)
+        if rendered_or_none is not None
+        else Condition(
+            "SecretsResolved", False, "NoValidConfig", "No valid config to resolve secrets for."
+        )
+    )
+    if spec is not None:
+        entities = _entity_states(spec, secrets)
+    deployment = apply_gateway(k, namespace, settings)
+    gateway = _gateway_condition(deployment)
+    observed = Observed(
+        generation=meta.get("generation", 0),
+        config_valid=config,
+        secrets=secrets,
+        gateway=gateway,
+        task=task,
+        entities=entities,
+        url=endpoint_url(namespace, name),
+    )
+    outcome.status = render_status(observed, endpoint.get("status") or {}, now)
+    for cond_type, status, message in transitions(endpoint.get("status") or {}, outcome.status):
+        kind = "Normal" if status == "True" else "Warning"
+        outcome.events.append((kind, f"{cond_type}{'' if status == 'True' else 'False'}", message))
+    return outcome
+
+
+def _entity_states(spec: ServingEndpointSpec, secrets: Condition) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": entity.name,
+            "external_model": {
+                "provider": str(entity.external_model.provider),
+                "name": entity.external_model.name,
+                "task": str(entity.external_model.task),
+            }
+            if entity.external_model
+            else None,
+            "state": {
+                "deployment": "DEPLOYMENT_READY" if secrets.ok else "DEPLOYMENT_FAILED",
+                "deployment_state_message": "" if secrets.ok else secrets.message,
+            },
+        }
+        for entity in spec.entities
+    ]
+
+
+def apply_gateway(k: Kube, namespace: str, settings: OperatorSettings) -> dict[str, Any] | None:
+    """Render and apply the namespace's shared gateway from all its endpoints."""
+    endpoints = [
+        e
+        for e in k.list(kube.SERVING_ENDPOINTS, namespace)
+        if not e["metadata"].get("deletionTimestamp")
+    ]
+    if not endpoints:
+        return None
+    rendered = []
+    for endpoint in endpoints:
+        try:
+            rendered.append(_render(endpoint, namespace))
+        except (ValidationError, ValueError):
+            last_good = _last_good(k, endpoint, namespace)
+            if last_good is not None:
+                rendered.append(last_good)
+    gateway = settings.gateway
+    objects = [render_deployment(namespace, rendered, gateway), render_service(namespace, gateway)]
+    for optional, resource in (
+        (render_pdb(namespace, gateway), kube.PDBS),
+        (render_hpa(namespace, gateway), kube.HPAS),
+    ):
+        if optional is None:
+            k.delete(resource, namespace, "servegate-gateway")
+        else:
+            objects.append(optional)
+    applied = [k.apply(_owned(obj, endpoints, controller=False)) for obj in objects]
+    return applied[0]

@@ -1,0 +1,215 @@
+"""A namespace's endpoints → its one shared gateway: Deployment, Service, PDB and HPA.
+
+The pod's shape depends only on *which* endpoints and secret keys exist, never on their
+content: config and secret content changes reach the running gateway through its file
+watcher (kubelet refreshes projected volumes), while a new endpoint or a new referenced
+Secret key changes the volume sources and so rolls the Deployment out, one pod at a time
+(``maxUnavailable: 0``; readiness gates traffic; ``preStop`` lets endpoints drain).
+
+Secret sources are ``optional``: a missing Secret must not stop the pod (and every other
+endpoint in the namespace) from starting; the gateway marks just the endpoint that needs
+it NOT_READY, and recovers by itself when the Secret appears.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from servegate.spec.secrets import SecretRef
+from servegate_operator.naming import (
+    AUTH_MOUNT,
+    ENDPOINTS_MOUNT,
+    GATEWAY_NAME,
+    GATEWAY_PORT,
+    SECRETS_MOUNT,
+    secret_name_for_scope,
+)
+from servegate_operator.render.config import RenderedEndpoint
+from servegate_operator.render.labels import gateway_selector, labels
+from servegate_operator.settings import GatewayDefaults
+
+
+def _metadata(namespace: str, component: str = "gateway") -> dict[str, Any]:
+    return {"name": GATEWAY_NAME, "namespace": namespace, "labels": labels(component)}
+
+
+def secret_sources(refs: Sequence[SecretRef]) -> list[dict[str, Any]]:
+    """One projected source per Secret, holding only the referenced keys at ``<scope>/<key>``."""
+    by_secret: dict[str, dict[str, str]] = defaultdict(dict)
+    for ref in refs:
+        by_secret[secret_name_for_scope(ref.scope)][ref.key] = f"{ref.scope}/{ref.key}"
+    return [
+        {
+            "secret": {
+                "name": name,
+                "optional": True,
+                "items": [{"key": key, "path": path} for key, path in sorted(items.items())],
+            }
+        }
+        for name, items in sorted(by_secret.items())
+    ]
+
+
+def render_deployment(
+    namespace: str, endpoints: Sequence[RenderedEndpoint], gateway: GatewayDefaults
+) -> dict[str, Any]:
+    endpoints = sorted(endpoints, key=lambda e: e.name)
+    refs = [ref for endpoint in endpoints for ref in endpoint.refs]
+    args = [
+        "serve",
+        ENDPOINTS_MOUNT,
+        "--secrets-dir",
+        SECRETS_MOUNT,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(GATEWAY_PORT),
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "endpoints", "mountPath": ENDPOINTS_MOUNT, "readOnly": True},
+        {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": "endpoints",
+            "projected": {
+                "sources": [
+                    {"configMap": {"name": e.config_map["metadata"]["name"]}} for e in endpoints
+                ]
+            },
+        },
+        {"name": "secrets", "projected": {"sources": secret_sources(refs)}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+    if gateway.auth_secret:
+        args += ["--auth-file", f"{AUTH_MOUNT}/auth.yaml"]
+        mounts.append({"name": "auth", "mountPath": AUTH_MOUNT, "readOnly": True})
+        volumes.append({"name": "auth", "secret": {"secretName": gateway.auth_secret}})
+    else:
+        args.append("--insecure-no-auth")
+    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5}
+    container = {
+        "name": "gateway",
+        "image": gateway.image,
+        "imagePullPolicy": gateway.image_pull_policy,
+        "command": ["servegate"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "readinessProbe": {**probe, "failureThreshold": 2},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 30},
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
+        "resources": dict(gateway.resources),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": gateway.run_as_user,
+            "runAsGroup": gateway.run_as_user,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    deployment: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(namespace),
+        "spec": {
+            "replicas": gateway.replicas,
+            "selector": {"matchLabels": gateway_selector()},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels("gateway"),
+                    "annotations": dict(gateway.pod_annotations),
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 40,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "fsGroup": gateway.run_as_user,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    if gateway.hpa_max_replicas > gateway.replicas:
+        del deployment["spec"]["replicas"]  # the HPA owns the replica count
+    return deployment
+
+
+def render_service(namespace: str, gateway: GatewayDefaults) -> dict[str, Any]:
+    metadata = _metadata(namespace)
+    if gateway.service_annotations:
+        metadata["annotations"] = dict(gateway.service_annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": gateway.service_type,
+            "selector": gateway_selector(),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def render_pdb(namespace: str, gateway: GatewayDefaults) -> dict[str, Any] | None:
+    if gateway.replicas < 2 and gateway.hpa_max_replicas < 2:
+        return None  # a PDB on a single replica would block node drains forever
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(namespace),
+        "spec": {
+            "minAvailable": gateway.pdb_min_available,
+            "selector": {"matchLabels": gateway_selector()},
+        },
+    }
+
+
+def render_hpa(namespace: str, gateway: GatewayDefaults) -> dict[str, Any] | None:
+    if gateway.hpa_max_replicas <= gateway.replicas:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(namespace),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": GATEWAY_NAME},
+            "minReplicas": gateway.replicas,
+            "maxReplicas": gateway.hpa_max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": gateway.hpa_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }

@@ -1,0 +1,58 @@
+"""Process-wide operator state: settings from the environment and the API client.
+
+kopf discovers handlers at import time, so the handlers module reads what it needs from
+this one object; ``configure_kopf`` applies the settings kopf itself needs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from servegate_operator.kube import Kube
+from servegate_operator.settings import OperatorSettings, settings_from_env
+
+FINALIZER = "servegate.io/finalizer"
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings = field(default_factory=settings_from_env)
+    reconciles: int = 0
+    _kube: Kube | None = None
+
+    def kube(self) -> Kube:
+        if self._kube is None:
+            self._kube = Kube(_api_client())
+        return self._kube
+
+    def configure_kopf(self, settings: kopf.OperatorSettings) -> None:
+        # Our own finalizer name and kopf's bookkeeping in annotations: status stays ours.
+        settings.persistence.finalizer = FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="servegate.io"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="servegate.io", key="last-handled-configuration"
+        )
+        # Watches are re-established regularly, and API calls time out (kopf #698, #204).
+        settings.watching.server_timeout = 120
+        settings.watching.client_timeout = 150
+        settings.networking.request_timeout = 30
+        settings.posting.level = logging.INFO
+
+
+def _api_client() -> k8s.ApiClient:
+    """In-cluster config in a pod, else KUBECONFIG / ~/.kube/config (as kopf does)."""
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    return k8s.ApiClient()
+
+
+RUNTIME = Runtime()

@@ -1,0 +1,77 @@
+"""What the operator renders for each namespace's gateway, read once from the environment.
+
+The Helm chart sets these variables on the operator's Deployment. Everything has a safe
+default, so ``servegate operator`` also runs from a laptop against any cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from servegate import __version__
+
+DEFAULT_IMAGE = f"ghcr.io/servegate/servegate:{__version__}"
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
+
+
+@dataclass(frozen=True)
+class GatewayDefaults:
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    replicas: int = 2
+    resources: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_RESOURCES))
+    service_type: str = "ClusterIP"
+    service_annotations: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    hpa_max_replicas: int = 0
+    """0 disables the HorizontalPodAutoscaler; otherwise it scales replicas..max on CPU."""
+    hpa_cpu_utilization: int = 75
+    pdb_min_available: int = 1
+    auth_secret: str | None = None
+    """A Secret holding ``auth.yaml`` (the gateway's --auth-file); none = in-cluster callers
+    are not authenticated (the gateway runs with --insecure-no-auth: restrict it with a
+    NetworkPolicy)."""
+    run_as_user: int = 10001
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    gateway: GatewayDefaults = field(default_factory=GatewayDefaults)
+    reconcile_interval_s: float = 60.0
+
+
+def _json_env(env: Mapping[str, str], name: str, default: Any) -> Any:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name} must be JSON: {exc}") from None
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
+    env = os.environ if env is None else env
+    base = GatewayDefaults()
+    gateway = GatewayDefaults(
+        image=env.get("SERVEGATE_GATEWAY_IMAGE", base.image),
+        image_pull_policy=env.get("SERVEGATE_GATEWAY_IMAGE_PULL_POLICY", base.image_pull_policy),
+        replicas=int(env.get("SERVEGATE_GATEWAY_REPLICAS", base.replicas)),
+        resources=_json_env(env, "SERVEGATE_GATEWAY_RESOURCES", base.resources),
+        service_type=env.get("SERVEGATE_GATEWAY_SERVICE_TYPE", base.service_type),
+        service_annotations=_json_env(env, "SERVEGATE_GATEWAY_SERVICE_ANNOTATIONS", {}),
+        pod_annotations=_json_env(env, "SERVEGATE_GATEWAY_POD_ANNOTATIONS", {}),
+        hpa_max_replicas=int(env.get("SERVEGATE_GATEWAY_HPA_MAX_REPLICAS", 0)),
+        hpa_cpu_utilization=int(env.get("SERVEGATE_GATEWAY_HPA_CPU", base.hpa_cpu_utilization)),
+        pdb_min_available=int(env.get("SERVEGATE_GATEWAY_PDB_MIN_AVAILABLE", 1)),
+        auth_secret=env.get("SERVEGATE_GATEWAY_AUTH_SECRET") or None,
+    )
+    interval = float(env.get("SERVEGATE_RECONCILE_INTERVAL", 60))
+    return OperatorSettings(gateway=gateway, reconcile_interval_s=interval)

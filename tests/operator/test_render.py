@@ -1,0 +1,242 @@
+"""The operator's renderers as pure functions: spec in, objects out, each object valid
+against Kubernetes' own schemas, and the rendered config exactly what the gateway loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from servegate.spec import ServingEndpointManifest, load_manifests
+from servegate_operator.naming import secret_name_for_scope
+from servegate_operator.render.config import render_endpoint
+from servegate_operator.render.gateway import (
+    render_deployment,
+    render_hpa,
+    render_pdb,
+    render_service,
+)
+from servegate_operator.settings import GatewayDefaults, settings_from_env
+from tests.conftest import REPO
+
+K8S_VERSION = "1.30"
+CANARY = "sk-OPERATOR-CANARY-55aa"
+
+
+def example(name: str) -> ServingEndpointManifest:
+    return ServingEndpointManifest.model_validate(
+        yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
+    )
+
+
+def plaintext_manifest() -> ServingEndpointManifest:
+    return ServingEndpointManifest.model_validate(
+        {
+            "apiVersion": "servegate.io/v1alpha1",
+            "kind": "ServingEndpoint",
+            "metadata": {"name": "plain"},
+            "spec": {
+                "config": {
+                    "served_entities": [
+                        {
+                            "name": "gpt",
+                            "external_model": {
+                                "name": "gpt-4o",
+                                "provider": "openai",
+                                "task": "llm/v1/chat",
+                                "openai_config": {"openai_api_key_plaintext": CANARY},
+                            },
+                        },
+                        {
+                            "name": "local",
+                            "external_model": {
+                                "name": "llama",
+                                "provider": "custom",
+                                "task": "llm/v1/chat",
+                                "custom_provider_config": {
+                                    "custom_provider_url": "http://vllm:8000/v1",
+                                    "api_key_auth": {
+                                        "key": "X-Key",
+                                        "value": "{{secrets/Team_A/vllm}}",
+                                    },
+                                },
+                            },
+                        },
+                    ],
+                    "traffic_config": {
+                        "routes": [
+                            {"served_model_name": "gpt", "traffic_percentage": 50},
+                            {"served_model_name": "local", "traffic_percentage": 50},
+                        ]
+                    },
+                }
+            },
+        }
+    )
+
+
+def validate(obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_config_map_holds_exactly_what_servegate_serve_loads(tmp_path: Path) -> None:
+    manifest = example("chat")
+    rendered = render_endpoint("chat", "team-a", manifest.spec)
+    validate(rendered.config_map)
+    assert rendered.config_map["metadata"]["name"] == "servegate-ep-chat"
+    assert rendered.plaintext_secret is None
+    ((key, text),) = rendered.config_map["data"].items()
+    (tmp_path / key).write_text(text)
+    loaded = load_manifests([tmp_path])
+    assert not loaded.errors
+    assert loaded.endpoints[0].manifest.spec == manifest.spec
+    assert [str(r) for r in rendered.refs] == [
+        "{{secrets/openai/api_key}}",
+        "{{secrets/local-llm/token}}",
+    ]
+
+
+def test_plaintext_moves_into_an_owned_secret_and_only_a_reference_remains(tmp_path: Path) -> None:
+    rendered = render_endpoint("plain", "team-a", plaintext_manifest().spec)
+    config_text = yaml.safe_dump(rendered.config_map)
+    assert CANARY not in config_text
+    assert "_plaintext" not in config_text
+    assert rendered.plaintext_secret is not None
+    validate(rendered.plaintext_secret)
+    assert rendered.plaintext_secret["metadata"]["name"] == "servegate-ep-plain-plaintext"
+    assert rendered.plaintext_secret["stringData"] == {"gpt.openai_api_key": CANARY}
+    assert "{{secrets/servegate-ep-plain-plaintext/gpt.openai_api_key}}" in config_text
+    assert rendered.moved_plaintext == ("gpt.openai_api_key",)
+    (tmp_path / "plain.yaml").write_text(next(iter(rendered.config_map["data"].values())))
+    assert not load_manifests([tmp_path]).errors
+
+
+@pytest.mark.parametrize(
+    ("scope", "secret"),
+    [("openai", "openai"), ("my_scope", "my-scope"), ("Team_A", "team-a"), ("a.b", "a.b")],
+)
+def test_scope_to_secret_name_rule(scope: str, secret: str) -> None:
+    assert secret_name_for_scope(scope) == secret
+
+
+def test_a_scope_that_cannot_be_a_secret_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not map to a valid Secret name"):
+        secret_name_for_scope("-bad-")
+
+
+def test_deployment_mounts_only_the_referenced_keys() -> None:
+    chat = render_endpoint("chat", "team-a", example("chat").spec)
+    plain = render_endpoint("plain", "team-a", plaintext_manifest().spec)
+    deployment = render_deployment("team-a", [plain, chat], GatewayDefaults(image="servegate:test"))
+    validate(deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert [s["configMap"]["name"] for s in volumes["endpoints"]["projected"]["sources"]] == [
+        "servegate-ep-chat",
+        "servegate-ep-plain",
+    ]
+    assert volumes["secrets"]["projected"]["sources"] == [
+        {
+            "secret": {
+                "name": "local-llm",
+                "optional": True,
+                "items": [{"key": "token", "path": "local-llm/token"}],
+            }
+        },
+        {
+            "secret": {
+                "name": "openai",
+                "optional": True,
+                "items": [{"key": "api_key", "path": "openai/api_key"}],
+            }
+        },
+        {
+            "secret": {
+                "name": "servegate-ep-plain-plaintext",
+                "optional": True,
+                "items": [
+                    {
+                        "key": "gpt.openai_api_key",
+                        "path": "servegate-ep-plain-plaintext/gpt.openai_api_key",
+                    }
+                ],
+            }
+        },
+        {
+            "secret": {
+                "name": "team-a",
+                "optional": True,
+                "items": [{"key": "vllm", "path": "Team_A/vllm"}],
+            }
+        },
+    ]
+    container = pod["containers"][0]
+    assert container["args"][:4] == [
+        "serve",
+        "/etc/servegate/endpoints",
+        "--secrets-dir",
+        "/etc/servegate/secrets",
+    ]
+    assert "--insecure-no-auth" in container["args"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["runAsNonRoot"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["lifecycle"]["preStop"]
+    assert CANARY not in yaml.safe_dump(deployment)
+
+
+def test_content_changes_do_not_change_the_pod_shape() -> None:
+    """Only which endpoints and secret keys exist shapes the pod; content reloads live."""
+    before = render_endpoint("chat", "ns", example("chat").spec)
+    changed_spec = example("chat").spec.model_copy(deep=True)
+    changed_spec.config.served_entities[0].external_model.name = "gpt-4o"  # type: ignore[union-attr]
+    after = render_endpoint("chat", "ns", changed_spec)
+    assert before.config_map != after.config_map
+    defaults = GatewayDefaults()
+    assert render_deployment("ns", [before], defaults) == render_deployment("ns", [after], defaults)
+
+
+def test_service_pdb_hpa_and_auth_secret() -> None:
+    defaults = GatewayDefaults(
+        replicas=2, hpa_max_replicas=6, auth_secret="gateway-auth", service_annotations={"a": "b"}
+    )
+    chat = render_endpoint("chat", "ns", example("chat").spec)
+    deployment = render_deployment("ns", [chat], defaults)
+    validate(deployment)
+    assert "replicas" not in deployment["spec"]  # the HPA owns the count
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-2:] == ["--auth-file", "/etc/servegate/auth/auth.yaml"]
+    for obj in (
+        render_service("ns", defaults),
+        render_pdb("ns", defaults),
+        render_hpa("ns", defaults),
+    ):
+        assert obj is not None
+        validate(obj)
+    single = GatewayDefaults(replicas=1)
+    assert render_pdb("ns", single) is None
+    assert render_hpa("ns", single) is None
+
+
+def test_settings_from_env() -> None:
+    settings = settings_from_env(
+        {
+            "SERVEGATE_GATEWAY_IMAGE": "registry.local/servegate:1",
+            "SERVEGATE_GATEWAY_REPLICAS": "3",
+            "SERVEGATE_GATEWAY_RESOURCES": '{"requests": {"cpu": "1"}}',
+            "SERVEGATE_RECONCILE_INTERVAL": "5",
+        }
+    )
+    assert settings.gateway.image == "registry.local/servegate:1"
+    assert settings.gateway.replicas == 3
+    assert settings.gateway.resources == {"requests": {"cpu": "1"}}
+    assert settings.reconcile_interval_s == 5
+    with pytest.raises(ValueError, match="SERVEGATE_GATEWAY_RESOURCES must be JSON"):
+        settings_from_env({"SERVEGATE_GATEWAY_RESOURCES": "{nope"})
