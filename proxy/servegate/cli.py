@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--tls-cert", type=Path, help="PEM certificate for the Entra simulator")
     simulate.add_argument("--tls-key", type=Path, help="PEM key for the Entra simulator")
 
+    operator = sub.add_parser(
+        "operator", help="run the Kubernetes operator (see 'servegate operator --help')", add_help=False
+    )
+    operator.add_argument("operator_args", nargs=argparse.REMAINDER)
+
     quickstart = sub.add_parser(
         "quickstart", help="serve examples/ against local simulators: no keys, no network"
     )
@@ -293,7 +298,15 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    # Imported here, for this subcommand only: the gateway itself never imports the operator.
+    from servegate_operator.main import main as operator_main
+
+    return operator_main(args.operator_args)
+
+
 COMMANDS = {
+    "operator": cmd_operator,
     "serve": cmd_serve,
     "validate": cmd_validate,
     "simulate": cmd_simulate,
@@ -302,6 +315,9 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["operator"]:  # its own parser takes every argument after the word
+        return cmd_operator(argparse.Namespace(operator_args=argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
