@@ -37,6 +37,10 @@ QUICKSTART_OPENAI_KEY = "sk-servegate-simulator"
 QUICKSTART_CUSTOM_TOKEN = "local-llm-token"
 
 
+class ListenError(OSError):
+    """The gateway could not bind its address (in use, not permitted)."""
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -103,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--tls-key", type=Path, help="PEM key for the Entra simulator")
 
     operator = sub.add_parser(
-        "operator", help="run the Kubernetes operator (see 'servegate operator --help')", add_help=False
+        "operator",
+        help="run the Kubernetes operator (see 'servegate operator --help')",
+        add_help=False,
     )
     operator.add_argument("operator_args", nargs=argparse.REMAINDER)
 
@@ -155,7 +161,11 @@ async def run_gateway(
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = runner.addresses[0]
     shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
     print(f"servegate: listening on http://{shown}:{bound[1]}", flush=True)
@@ -182,10 +192,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except AuthFileError as exc:
         print(f"servegate: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(
-            f"servegate: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr
-        )
+    except ListenError as exc:
+        print(f"servegate: {exc}", file=sys.stderr)
         return 2
     return 0
 

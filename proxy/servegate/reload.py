@@ -32,7 +32,10 @@ def _watch_roots(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     for path in paths:
         absolute = path.absolute()
         relevant.append(absolute)
-        roots.add(absolute if absolute.is_dir() else absolute.parent)
+        root = absolute if absolute.is_dir() else absolute.parent
+        while not root.exists() and root != root.parent:  # watch for it to appear
+            root = root.parent
+        roots.add(root)
     return sorted(roots), relevant
 
 
