@@ -27,6 +27,7 @@ from servegate.simulators.server import (
     serve_forever,
 )
 from servegate.spec.manifest import load_manifests
+from servegate.spec.schema import print_crd
 from servegate.transport.client import Timeouts
 from servegate.transport.credentials import DEFAULT_AUTHORITY_HOST
 
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--custom-token", default=QUICKSTART_CUSTOM_TOKEN)
     simulate.add_argument("--tls-cert", type=Path, help="PEM certificate for the Entra simulator")
     simulate.add_argument("--tls-key", type=Path, help="PEM key for the Entra simulator")
+
+    sub.add_parser("crd", help="print the ServingEndpoint CustomResourceDefinition (YAML)")
 
     operator = sub.add_parser(
         "operator",
@@ -313,7 +316,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return operator_main(args.operator_args)
 
 
+def cmd_crd(args: argparse.Namespace) -> int:
+    print_crd()
+    return 0
+
+
 COMMANDS = {
+    "crd": cmd_crd,
     "operator": cmd_operator,
     "serve": cmd_serve,
     "validate": cmd_validate,

@@ -74,7 +74,7 @@ def _enum_value(enum: type[StrEnum], what: str, value: object) -> object:
     raise ValueError(f"unknown {what} {value!r}; allowed values: {allowed}")
 
 
-_CONFIG_FIELDS: dict[Provider, str] = {
+PROVIDER_CONFIG_FIELDS: dict[Provider, str] = {
     Provider.OPENAI: "openai_config",
     Provider.ANTHROPIC: "anthropic_config",
     Provider.COHERE: "cohere_config",
@@ -88,7 +88,7 @@ _CONFIG_FIELDS: dict[Provider, str] = {
 
 
 def _check_foreign_configs(provider: Provider, present: list[str]) -> None:
-    expected = _CONFIG_FIELDS[provider]
+    expected = PROVIDER_CONFIG_FIELDS[provider]
     for name in present:
         if name != expected:
             raise SpecError(
@@ -132,15 +132,18 @@ class ExternalModel(SpecModel):
             return data
         provider = data.get("provider")
         if isinstance(provider, str) and provider in Provider._value2member_map_:
-            present = [name for name in _CONFIG_FIELDS.values() if data.get(name) is not None]
+            present = [
+                name for name in PROVIDER_CONFIG_FIELDS.values() if data.get(name) is not None
+            ]
             _check_foreign_configs(Provider(provider), present)
         return data
 
     @model_validator(mode="after")
     def _matching_config(self) -> Self:
-        expected = _CONFIG_FIELDS[self.provider]
+        expected = PROVIDER_CONFIG_FIELDS[self.provider]
         _check_foreign_configs(
-            self.provider, [n for n in _CONFIG_FIELDS.values() if getattr(self, n) is not None]
+            self.provider,
+            [n for n in PROVIDER_CONFIG_FIELDS.values() if getattr(self, n) is not None],
         )
         if getattr(self, expected) is None:
             raise SpecError(f"provider {self.provider} requires {expected}", loc=(expected,))
@@ -148,7 +151,7 @@ class ExternalModel(SpecModel):
 
     def provider_config(self) -> ProviderConfig:
         """The `<provider>_config` matching `provider` (validation guarantees it is set)."""
-        config: ProviderConfig = getattr(self, _CONFIG_FIELDS[self.provider])
+        config: ProviderConfig = getattr(self, PROVIDER_CONFIG_FIELDS[self.provider])
         return config
 
     def credentials(self) -> list[Credential]:
