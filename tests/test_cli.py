@@ -8,6 +8,7 @@ from pathlib import Path
 
 import requests
 
+from servegate.spec import load_manifests
 from tests.conftest import REPO, GatewayProcess, endpoint_doc, openai_entity, write_yaml
 
 
@@ -70,6 +71,13 @@ def test_serve_reports_a_bad_auth_file(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+QUERIES = {
+    "llm/v1/chat": {"messages": [{"role": "user", "content": "Hello!"}]},
+    "llm/v1/completions": {"prompt": "Say hello", "max_tokens": 10},
+    "llm/v1/embeddings": {"input": ["servegate"]},
+}
+
+
 def test_quickstart_serves_the_examples_offline(tmp_path: Path) -> None:
     """The README's first command: examples/ over the simulators, no keys, no network."""
     gateway = GatewayProcess(["quickstart"], tmp_path / "quickstart.log")
@@ -94,11 +102,15 @@ def test_quickstart_serves_the_examples_offline(tmp_path: Path) -> None:
             listed = client.get(gateway.url + "/api/2.0/serving-endpoints", timeout=10).json()[
                 "endpoints"
             ]
+            examples = load_manifests([REPO / "examples"]).endpoints
             assert {ep["name"]: ep["state"]["ready"] for ep in listed} == {
-                "chat": "READY",
-                "completions": "READY",
-                "embeddings": "READY",
+                e.name: "READY" for e in examples
             }
+            for example in examples:  # every example answers through its simulator
+                body = QUERIES[str(example.manifest.spec.task)]
+                url = f"{gateway.url}/serving-endpoints/{example.name}/invocations"
+                answer = client.post(url, json=body, timeout=10)
+                assert answer.status_code == 200, (example.name, answer.text)
     finally:
         gateway.stop()
 

@@ -17,9 +17,12 @@ from servegate import __version__
 from servegate.app import GatewaySettings, create_app
 from servegate.auth.callers import AuthFileError
 from servegate.simulators.server import (
+    EXAMPLE_PORTS,
+    KEYED_SIMULATORS,
     AzureSimConfig,
     CustomSimConfig,
     EntraSimConfig,
+    KeyedSimConfig,
     OpenAISimConfig,
     RunningSimulators,
     SimulatorConfig,
@@ -95,12 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="serve provider simulators on 127.0.0.1")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--openai-port", type=int, default=8901)
-    simulate.add_argument("--azure-port", type=int, default=8902)
-    simulate.add_argument("--custom-port", type=int, default=8903)
-    simulate.add_argument("--entra-port", type=int, default=8904)
+    for name, port in EXAMPLE_PORTS.items():
+        simulate.add_argument(f"--{name}-port", type=int, default=port, metavar="PORT")
     simulate.add_argument(
-        "--only", default="openai,azure,custom,entra", help="comma-separated simulators to run"
+        "--only", default=",".join(EXAMPLE_PORTS), help="comma-separated simulators to run"
     )
     simulate.add_argument("--openai-key", action="append", help="accepted OpenAI/Azure API key")
     simulate.add_argument("--custom-token", default=QUICKSTART_CUSTOM_TOKEN)
@@ -218,21 +219,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
-    only = {name.strip() for name in args.only.split(",") if name.strip()}
-    unknown = only - {"openai", "azure", "custom", "entra"}
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(only) - set(EXAMPLE_PORTS)
     if unknown:
         raise SystemExit(f"servegate: unknown simulators: {', '.join(sorted(unknown))}")
     keys = tuple(args.openai_key or [QUICKSTART_OPENAI_KEY])
+    ports = {name: getattr(args, f"{name}_port") for name in EXAMPLE_PORTS}
     return SimulatorConfig(
         host=args.host,
-        openai=OpenAISimConfig(port=args.openai_port, api_keys=keys) if "openai" in only else None,
-        azure=AzureSimConfig(port=args.azure_port, api_keys=keys) if "azure" in only else None,
-        custom=CustomSimConfig(port=args.custom_port, bearer_token=args.custom_token)
+        openai=OpenAISimConfig(port=ports["openai"], api_keys=keys) if "openai" in only else None,
+        azure=AzureSimConfig(port=ports["azure"], api_keys=keys) if "azure" in only else None,
+        custom=CustomSimConfig(port=ports["custom"], bearer_token=args.custom_token)
         if "custom" in only
         else None,
-        entra=EntraSimConfig(port=args.entra_port, tls_cert=args.tls_cert, tls_key=args.tls_key)
+        entra=EntraSimConfig(port=ports["entra"], tls_cert=args.tls_cert, tls_key=args.tls_key)
         if "entra" in only
         else None,
+        keyed={name: KeyedSimConfig(port=ports[name]) for name in only if name in KEYED_SIMULATORS},
     )
 
 
@@ -278,10 +281,11 @@ Press Ctrl-C to stop.
 
 async def _quickstart(examples: Path, port: int) -> None:
     config = SimulatorConfig(
-        openai=OpenAISimConfig(port=8901, api_keys=(QUICKSTART_OPENAI_KEY,)),
-        custom=CustomSimConfig(port=8903, bearer_token=QUICKSTART_CUSTOM_TOKEN),
+        openai=OpenAISimConfig(port=EXAMPLE_PORTS["openai"], api_keys=(QUICKSTART_OPENAI_KEY,)),
+        custom=CustomSimConfig(port=EXAMPLE_PORTS["custom"], bearer_token=QUICKSTART_CUSTOM_TOKEN),
         azure=None,
         entra=None,
+        keyed={name: KeyedSimConfig(port=EXAMPLE_PORTS[name]) for name in KEYED_SIMULATORS},
     )
     async with run_simulators(config) as running:
         _print_simulators(running)

@@ -108,12 +108,17 @@ class Provider(ABC):
 
     def error(self, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
         """Wrap an upstream error body, with this provider's secrets scrubbed out of it."""
+        decoded = self.decode_error_body(body)
+        status = self.error_status(status, decoded, headers)
         retry_after = parse_retry_after(headers)
         if retry_after is None and status in (429, 503):
             retry_after = 1
-        return UpstreamError(
-            self.name, status, self.decode_error_body(body), retry_after=retry_after
-        )
+        return UpstreamError(self.name, status, decoded, retry_after=retry_after)
+
+    def error_status(self, status: int, body: Any, headers: Mapping[str, str]) -> int:
+        """The status to answer with; providers override it to map their own signals
+        (Anthropic's 529 "overloaded", a Bedrock ThrottlingException) onto 429."""
+        return status
 
     def decode_error_body(self, body: bytes) -> Any:
         text = self.redact(body.decode("utf-8", "replace"))

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from servegate.providers.ai21 import AI21Provider
+from servegate.providers.anthropic import AnthropicProvider
 from servegate.providers.azure_openai import AzureOpenAIProvider
 from servegate.providers.base import Provider
+from servegate.providers.cohere import CohereProvider
 from servegate.providers.custom import CustomProvider
 from servegate.providers.databricks import DatabricksServingProvider
 from servegate.providers.openai import OpenAIProvider
@@ -39,6 +42,9 @@ FACTORIES: dict[ProviderName, Factory] = {
     ProviderName.OPENAI: _openai,
     ProviderName.CUSTOM: lambda model, secrets, _: CustomProvider(model, secrets),
     ProviderName.DATABRICKS_MODEL_SERVING: lambda m, s, _: DatabricksServingProvider(m, s),
+    ProviderName.COHERE: lambda model, secrets, _: CohereProvider(model, secrets),
+    ProviderName.ANTHROPIC: lambda model, secrets, _: AnthropicProvider(model, secrets),
+    ProviderName.AI21LABS: lambda model, secrets, _: AI21Provider(model, secrets),
 }
 
 

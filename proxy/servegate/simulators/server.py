@@ -20,7 +20,10 @@ from ssl import SSLContext
 
 from aiohttp import web
 
+from .ai21 import create_ai21_app
+from .anthropic import create_anthropic_app
 from .azure_openai import create_azure_openai_app
+from .cohere import create_cohere_app
 from .custom import create_custom_app
 from .entra import create_entra_app
 from .openai import create_openai_app
@@ -28,9 +31,12 @@ from .tls import server_ssl_context
 from .tokens import TokenRegistry
 
 __all__ = [
+    "EXAMPLE_PORTS",
+    "KEYED_SIMULATORS",
     "AzureSimConfig",
     "CustomSimConfig",
     "EntraSimConfig",
+    "KeyedSimConfig",
     "OpenAISimConfig",
     "RunningSimulator",
     "RunningSimulators",
@@ -77,6 +83,35 @@ class CustomSimConfig:
 
 
 @dataclass(frozen=True)
+class KeyedSimConfig:
+    """A simulator whose only setting is the API keys it accepts (Anthropic, Cohere, AI21)."""
+
+    port: int = 0
+    api_keys: tuple[str, ...] | None = None
+    """None: the simulator's own default key (the one examples/secrets/ holds)."""
+
+
+# The port each simulator takes in `servegate simulate` and the quickstart: the manifests in
+# examples/ point at these.
+EXAMPLE_PORTS: dict[str, int] = {
+    "openai": 8901,
+    "azure": 8902,
+    "custom": 8903,
+    "entra": 8904,
+    "anthropic": 8905,
+    "cohere": 8906,
+    "ai21": 8909,
+}
+
+# Simulators configured by KeyedSimConfig: name → app factory taking ``api_keys``.
+KEYED_SIMULATORS: dict[str, Callable[..., web.Application]] = {
+    "anthropic": create_anthropic_app,
+    "cohere": create_cohere_app,
+    "ai21": create_ai21_app,
+}
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     """Which simulators to run and how; a ``None`` section is not started."""
 
@@ -85,6 +120,8 @@ class SimulatorConfig:
     azure: AzureSimConfig | None = field(default_factory=AzureSimConfig)
     entra: EntraSimConfig | None = field(default_factory=EntraSimConfig)
     custom: CustomSimConfig | None = field(default_factory=CustomSimConfig)
+    keyed: Mapping[str, KeyedSimConfig] = field(default_factory=dict)
+    """Other provider simulators by name (a key of ``KEYED_SIMULATORS``)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +140,12 @@ class RunningSimulators:
     azure: RunningSimulator | None = None
     entra: RunningSimulator | None = None
     custom: RunningSimulator | None = None
+    others: Mapping[str, RunningSimulator] = field(default_factory=dict)
+
+    def root_url(self, name: str) -> str:
+        """The root URL of any running simulator, by name."""
+        sim = {s.name: s for s in self.all()}.get(name)
+        return _started(sim).root_url
 
     @property
     def openai_url(self) -> str:
@@ -125,7 +168,8 @@ class RunningSimulators:
         return f"{_started(self.custom).root_url}/v1"
 
     def all(self) -> list[RunningSimulator]:
-        return [s for s in (self.openai, self.azure, self.entra, self.custom) if s is not None]
+        fixed = [s for s in (self.openai, self.azure, self.entra, self.custom) if s is not None]
+        return fixed + list(self.others.values())
 
 
 def _started(sim: RunningSimulator | None) -> RunningSimulator:
@@ -189,12 +233,18 @@ async def run_simulators(config: SimulatorConfig) -> AsyncIterator[RunningSimula
                 bearer_token=config.custom.bearer_token,
             )
             started["custom"] = await _start(stack, "custom", app, config.host, config.custom.port)
+        others: dict[str, RunningSimulator] = {}
+        for name, section in config.keyed.items():
+            factory = KEYED_SIMULATORS[name]
+            app = factory() if section.api_keys is None else factory(api_keys=section.api_keys)
+            others[name] = await _start(stack, name, app, config.host, section.port)
         yield RunningSimulators(
             tokens=tokens,
             openai=started.get("openai"),
             azure=started.get("azure"),
             entra=started.get("entra"),
             custom=started.get("custom"),
+            others=others,
         )
 
 

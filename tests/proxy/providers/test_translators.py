@@ -150,13 +150,13 @@ def test_top_k_is_refused_for_openai_but_passed_to_custom() -> None:
 
 def test_unsupported_provider_is_named() -> None:
     model = {
-        "name": "claude",
-        "provider": "anthropic",
+        "name": "text-bison",
+        "provider": "palm",
         "task": "llm/v1/chat",
-        "anthropic_config": {"anthropic_api_key": "{{secrets/s/k}}"},
+        "palm_config": {"palm_api_key": "{{secrets/s/k}}"},
     }
-    with pytest.raises(UnsupportedProvider, match="anthropic"):
-        provider(model, {"anthropic_api_key": "x"})
+    with pytest.raises(UnsupportedProvider, match="palm"):
+        provider(model, {"palm_api_key": "x"})
 
 
 def _chunk(content: str | None, finish: str | None = None, role: bool = False) -> bytes:
