@@ -18,12 +18,12 @@ from servegate.app import GatewaySettings, create_app
 from servegate.auth.callers import AuthFileError
 from servegate.simulators.server import (
     EXAMPLE_PORTS,
-    KEYED_SIMULATORS,
+    PROVIDER_SIMULATORS,
     AzureSimConfig,
     CustomSimConfig,
     EntraSimConfig,
-    KeyedSimConfig,
     OpenAISimConfig,
+    ProviderSimConfig,
     RunningSimulators,
     SimulatorConfig,
     run_simulators,
@@ -235,7 +235,11 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         entra=EntraSimConfig(port=ports["entra"], tls_cert=args.tls_cert, tls_key=args.tls_key)
         if "entra" in only
         else None,
-        keyed={name: KeyedSimConfig(port=ports[name]) for name in only if name in KEYED_SIMULATORS},
+        providers={
+            name: ProviderSimConfig(port=ports[name])
+            for name in only
+            if name in PROVIDER_SIMULATORS
+        },
     )
 
 
@@ -285,7 +289,9 @@ async def _quickstart(examples: Path, port: int) -> None:
         custom=CustomSimConfig(port=EXAMPLE_PORTS["custom"], bearer_token=QUICKSTART_CUSTOM_TOKEN),
         azure=None,
         entra=None,
-        keyed={name: KeyedSimConfig(port=EXAMPLE_PORTS[name]) for name in KEYED_SIMULATORS},
+        providers={
+            name: ProviderSimConfig(port=EXAMPLE_PORTS[name]) for name in PROVIDER_SIMULATORS
+        },
     )
     async with run_simulators(config) as running:
         _print_simulators(running)

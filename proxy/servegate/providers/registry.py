@@ -11,10 +11,12 @@ from servegate.providers.ai21 import AI21Provider
 from servegate.providers.anthropic import AnthropicProvider
 from servegate.providers.azure_openai import AzureOpenAIProvider
 from servegate.providers.base import Provider
+from servegate.providers.bedrock import BedrockProvider
 from servegate.providers.cohere import CohereProvider
 from servegate.providers.custom import CustomProvider
 from servegate.providers.databricks import DatabricksServingProvider
 from servegate.providers.openai import OpenAIProvider
+from servegate.providers.vertex import VertexProvider
 from servegate.spec import ExternalModel, OpenAIApiType
 from servegate.spec import Provider as ProviderName
 from servegate.transport.credentials import CredentialRegistry
@@ -42,7 +44,9 @@ FACTORIES: dict[ProviderName, Factory] = {
     ProviderName.OPENAI: _openai,
     ProviderName.CUSTOM: lambda model, secrets, _: CustomProvider(model, secrets),
     ProviderName.DATABRICKS_MODEL_SERVING: lambda m, s, _: DatabricksServingProvider(m, s),
+    ProviderName.AMAZON_BEDROCK: lambda model, secrets, _: BedrockProvider(model, secrets),
     ProviderName.COHERE: lambda model, secrets, _: CohereProvider(model, secrets),
+    ProviderName.GOOGLE_CLOUD_VERTEX_AI: lambda m, s, _: VertexProvider(m, s),
     ProviderName.ANTHROPIC: lambda model, secrets, _: AnthropicProvider(model, secrets),
     ProviderName.AI21LABS: lambda model, secrets, _: AI21Provider(model, secrets),
 }

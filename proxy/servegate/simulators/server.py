@@ -17,27 +17,30 @@ from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from ssl import SSLContext
+from typing import Any
 
 from aiohttp import web
 
 from .ai21 import create_ai21_app
 from .anthropic import create_anthropic_app
 from .azure_openai import create_azure_openai_app
+from .bedrock import create_bedrock_app
 from .cohere import create_cohere_app
 from .custom import create_custom_app
 from .entra import create_entra_app
 from .openai import create_openai_app
 from .tls import server_ssl_context
 from .tokens import TokenRegistry
+from .vertex import create_vertex_app
 
 __all__ = [
     "EXAMPLE_PORTS",
-    "KEYED_SIMULATORS",
+    "PROVIDER_SIMULATORS",
     "AzureSimConfig",
     "CustomSimConfig",
     "EntraSimConfig",
-    "KeyedSimConfig",
     "OpenAISimConfig",
+    "ProviderSimConfig",
     "RunningSimulator",
     "RunningSimulators",
     "SimulatorConfig",
@@ -83,12 +86,13 @@ class CustomSimConfig:
 
 
 @dataclass(frozen=True)
-class KeyedSimConfig:
-    """A simulator whose only setting is the API keys it accepts (Anthropic, Cohere, AI21)."""
+class ProviderSimConfig:
+    """One of the provider simulators in ``PROVIDER_SIMULATORS``: its port, and keyword
+    arguments for its app factory (none = the simulator's defaults, whose credentials are
+    the ones examples/secrets/ holds)."""
 
     port: int = 0
-    api_keys: tuple[str, ...] | None = None
-    """None: the simulator's own default key (the one examples/secrets/ holds)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 # The port each simulator takes in `servegate simulate` and the quickstart: the manifests in
@@ -100,13 +104,17 @@ EXAMPLE_PORTS: dict[str, int] = {
     "entra": 8904,
     "anthropic": 8905,
     "cohere": 8906,
+    "bedrock": 8907,
+    "vertex": 8908,
     "ai21": 8909,
 }
 
-# Simulators configured by KeyedSimConfig: name → app factory taking ``api_keys``.
-KEYED_SIMULATORS: dict[str, Callable[..., web.Application]] = {
+# Simulators configured by ProviderSimConfig: name → app factory.
+PROVIDER_SIMULATORS: dict[str, Callable[..., web.Application]] = {
     "anthropic": create_anthropic_app,
     "cohere": create_cohere_app,
+    "bedrock": create_bedrock_app,
+    "vertex": create_vertex_app,
     "ai21": create_ai21_app,
 }
 
@@ -120,8 +128,8 @@ class SimulatorConfig:
     azure: AzureSimConfig | None = field(default_factory=AzureSimConfig)
     entra: EntraSimConfig | None = field(default_factory=EntraSimConfig)
     custom: CustomSimConfig | None = field(default_factory=CustomSimConfig)
-    keyed: Mapping[str, KeyedSimConfig] = field(default_factory=dict)
-    """Other provider simulators by name (a key of ``KEYED_SIMULATORS``)."""
+    providers: Mapping[str, ProviderSimConfig] = field(default_factory=dict)
+    """Other provider simulators by name (a key of ``PROVIDER_SIMULATORS``)."""
 
 
 @dataclass(frozen=True)
@@ -234,9 +242,8 @@ async def run_simulators(config: SimulatorConfig) -> AsyncIterator[RunningSimula
             )
             started["custom"] = await _start(stack, "custom", app, config.host, config.custom.port)
         others: dict[str, RunningSimulator] = {}
-        for name, section in config.keyed.items():
-            factory = KEYED_SIMULATORS[name]
-            app = factory() if section.api_keys is None else factory(api_keys=section.api_keys)
+        for name, section in config.providers.items():
+            app = PROVIDER_SIMULATORS[name](**section.options)
             others[name] = await _start(stack, name, app, config.host, section.port)
         yield RunningSimulators(
             tokens=tokens,
