@@ -46,7 +46,7 @@ FACTORIES: dict[ProviderName, Factory] = {
     ProviderName.DATABRICKS_MODEL_SERVING: lambda m, s, _: DatabricksServingProvider(m, s),
     ProviderName.AMAZON_BEDROCK: lambda model, secrets, _: BedrockProvider(model, secrets),
     ProviderName.COHERE: lambda model, secrets, _: CohereProvider(model, secrets),
-    ProviderName.GOOGLE_CLOUD_VERTEX_AI: lambda m, s, _: VertexProvider(m, s),
+    ProviderName.GOOGLE_CLOUD_VERTEX_AI: lambda m, s, creds: VertexProvider(m, s, creds),
     ProviderName.ANTHROPIC: lambda model, secrets, _: AnthropicProvider(model, secrets),
     ProviderName.AI21LABS: lambda model, secrets, _: AI21Provider(model, secrets),
 }

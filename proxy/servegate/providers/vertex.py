@@ -14,8 +14,9 @@ Vertex speaks two dialects under one path prefix
 Auth is a service-account JSON key: google-auth signs the JWT assertion and exchanges it at
 the key's own ``token_uri`` (so a simulator can stand in for Google). The exchange is
 blocking I/O, so it runs in a worker thread, one at a time, and the token is reused until
-google-auth calls it stale (3 min 45 s before expiry). Providers are rebuilt on every config
-reload, so a reload (a rotated key file, say) starts with a fresh token.
+google-auth calls it stale (3 min 45 s before expiry). The token source lives in the
+gateway's ``CredentialRegistry`` keyed by the key's digest, so a config reload keeps the
+token and a rotated key file gets a new one.
 
 An OpenAI parameter Vertex cannot take is a 400 that names it. A few Vertex-native fields
 pass through for callers who need them (``safetySettings``, ``labels``, ``cachedContent``,
@@ -26,10 +27,8 @@ key is a 400 too, never silently dropped.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import functools
 import mimetypes
 import struct
 import uuid
@@ -40,10 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 import google.auth.exceptions
-import google.auth.transport.requests
 import orjson
-from google.auth.credentials import TokenState
-from google.oauth2 import service_account
 
 from servegate.canonical.requests import QueryRequest
 from servegate.canonical.responses import (
@@ -64,10 +60,9 @@ from servegate.ingress.errors import (
 from servegate.providers.base import Provider, StreamTranslator, Translated, UpstreamRequest
 from servegate.spec.endpoint import ExternalModel, Task
 from servegate.streaming.sse import SSEDecoder
+from servegate.transport.credentials import CredentialRegistry
 
 NAME = "google-cloud-vertex-ai"
-SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-_TOKEN_TIMEOUT_S = 10
 _GEMINI_PARAMS = {
     "max_tokens": "maxOutputTokens", "max_completion_tokens": "maxOutputTokens",
     "temperature": "temperature", "top_p": "topP", "top_k": "topK", "n": "candidateCount",
@@ -119,54 +114,21 @@ def _refuse(what: str) -> BadRequest:
     return BadRequest(f"{what} is not supported by provider '{NAME}'.")
 
 
-class _TokenSource:
-    """One service account's access token: fetched by google-auth, reused while fresh.
-
-    A key that is not service-account JSON is a ``ValueError`` here, so the endpoint is
-    NOT_READY with the reason; the messages never quote the key.
-    """
-
-    def __init__(self, raw_key: str) -> None:
-        try:
-            info = orjson.loads(raw_key)
-        except orjson.JSONDecodeError:
-            info = None
-        if not isinstance(info, dict) or info.get("type") != "service_account":
-            raise ValueError(
-                'private_key must hold a service-account JSON key ("type": "service_account")'
-            )
-        missing = [f for f in ("client_email", "private_key", "token_uri") if not info.get(f)]
-        if missing:
-            raise ValueError(f"the service-account key lacks {', '.join(missing)}")
-        try:
-            self._credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                info, scopes=[SCOPE]
-            )
-        except Exception:  # google-auth and cryptography messages may quote key material
-            raise ValueError("the service-account key's private_key is not a PEM RSA key") from None
-        self.token_uri = str(info["token_uri"])
-        self._http = functools.partial(
-            google.auth.transport.requests.Request(), timeout=_TOKEN_TIMEOUT_S
-        )
-        self._lock = asyncio.Lock()
-
-    async def token(self) -> str:
-        if self._credentials.token_state is not TokenState.FRESH:
-            async with self._lock:  # single flight: concurrent requests wait for one fetch
-                if self._credentials.token_state is not TokenState.FRESH:
-                    await asyncio.to_thread(self._credentials.refresh, self._http)
-        return str(self._credentials.token)
-
-
 class VertexProvider(Provider):
     name = NAME
 
-    def __init__(self, model: ExternalModel, secrets: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        model: ExternalModel,
+        secrets: Mapping[str, str],
+        credentials: CredentialRegistry | None = None,
+    ) -> None:
         super().__init__(model, secrets)
         config = model.google_cloud_vertex_ai_config
         if config is None:
             raise ValueError(f"provider '{NAME}' needs google_cloud_vertex_ai_config")
-        self._tokens = _TokenSource(secrets["private_key"])
+        registry = credentials if credentials is not None else CredentialRegistry()
+        self._tokens = registry.google(secrets["private_key"])
         host = "aiplatform.googleapis.com"  # the "global" location has no regional host
         host = host if config.region == "global" else f"{config.region}-{host}"
         base = (config.vertex_api_base or f"https://{host}").rstrip("/")

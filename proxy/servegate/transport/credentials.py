@@ -1,4 +1,5 @@
-"""Credentials fetched at request time: Microsoft Entra ID client-credentials tokens (MSAL).
+"""Credentials fetched at request time: Microsoft Entra ID client-credentials tokens (MSAL)
+and Google service-account access tokens (google-auth).
 
 MSAL does the OAuth exchange, discovery and its own token cache; it is synchronous, so the
 exchange runs in a worker thread. In front of it sits a small cache that answers from
@@ -14,6 +15,7 @@ new token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -21,7 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import google.auth.transport.requests
 import msal
+import orjson
+from google.auth.credentials import TokenState
+from google.oauth2 import service_account
 
 from servegate.ingress.errors import GatewayError, UpstreamUnavailable
 
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 
 AZURE_COGNITIVE_SCOPE = "https://cognitiveservices.azure.com/.default"
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+_GOOGLE_TOKEN_TIMEOUT_S = 10
 _REFRESH_WINDOW_S = 300.0
 
 
@@ -93,6 +101,45 @@ class EntraTokenSource:
         return self._token
 
 
+class GoogleTokenSource:
+    """One Google service account's access token: fetched by google-auth, reused while fresh.
+
+    A key that is not service-account JSON is a ``ValueError`` here, so the endpoint is
+    NOT_READY with the reason; the messages never quote the key.
+    """
+
+    def __init__(self, raw_key: str) -> None:
+        try:
+            info = orjson.loads(raw_key)
+        except orjson.JSONDecodeError:
+            info = None
+        if not isinstance(info, dict) or info.get("type") != "service_account":
+            raise ValueError(
+                'private_key must hold a service-account JSON key ("type": "service_account")'
+            )
+        missing = [f for f in ("client_email", "private_key", "token_uri") if not info.get(f)]
+        if missing:
+            raise ValueError(f"the service-account key lacks {', '.join(missing)}")
+        try:
+            self._credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+                info, scopes=[GOOGLE_SCOPE]
+            )
+        except Exception:  # google-auth and cryptography messages may quote key material
+            raise ValueError("the service-account key's private_key is not a PEM RSA key") from None
+        self.token_uri = str(info["token_uri"])
+        self._http = functools.partial(
+            google.auth.transport.requests.Request(), timeout=_GOOGLE_TOKEN_TIMEOUT_S
+        )
+        self._lock = asyncio.Lock()
+
+    async def token(self) -> str:
+        if self._credentials.token_state is not TokenState.FRESH:
+            async with self._lock:  # single flight: concurrent requests wait for one fetch
+                if self._credentials.token_state is not TokenState.FRESH:
+                    await asyncio.to_thread(self._credentials.refresh, self._http)
+        return str(self._credentials.token)
+
+
 class CredentialRegistry:
     """Token sources shared across config reloads, keyed by everything that identifies them."""
 
@@ -104,6 +151,16 @@ class CredentialRegistry:
         self.authority_host = authority_host
         self._clock = clock
         self._sources: dict[tuple[str, str, str, str], EntraTokenSource] = {}
+        self._google: dict[tuple[str, str, str, str], GoogleTokenSource] = {}
+
+    def google(self, service_account_key: str) -> GoogleTokenSource:
+        """The token source for a service-account JSON key (ValueError if it is not one)."""
+        key = ("google", hashlib.sha256(service_account_key.encode()).hexdigest(), "", "")
+        source = self._google.get(key)
+        if source is None:
+            source = GoogleTokenSource(service_account_key)
+            self._google[key] = source
+        return source
 
     def entra(self, tenant_id: str, client_id: str, client_secret: str) -> EntraTokenSource:
         digest = hashlib.sha256(client_secret.encode()).hexdigest()

@@ -1153,3 +1153,31 @@ def test_error_body_never_carries_the_key() -> None:
     error = vertex("gemini-2.0-flash").error(400, b"rejected key: " + KEY.encode(), {})
     assert KEY not in error.message
     assert orjson.loads(error.message)["external_model_error"] == "rejected key: [REDACTED]"
+
+
+def test_token_source_is_shared_across_reloads_and_renewed_for_a_new_key() -> None:
+    """A reload rebuilds the provider but reuses the gateway's token source for the same
+    key file (no new token); a rotated key gets its own."""
+    from servegate.simulators.vertex import generate_service_account
+    from servegate.transport.credentials import CredentialRegistry
+
+    registry = CredentialRegistry()
+    first_key = orjson.dumps(generate_service_account()[0]).decode()
+    second_key = orjson.dumps(generate_service_account()[0]).decode()
+    external = ExternalModel.model_validate(
+        {
+            "name": "gemini-2.0-flash",
+            "provider": "google-cloud-vertex-ai",
+            "task": "llm/v1/chat",
+            "google_cloud_vertex_ai_config": {
+                "project_id": "p",
+                "region": "us-central1",
+                "private_key": "{{secrets/gcp/key}}",
+            },
+        }
+    )
+    before = VertexProvider(external, {"private_key": first_key}, registry)
+    after_reload = VertexProvider(external, {"private_key": first_key}, registry)
+    rotated = VertexProvider(external, {"private_key": second_key}, registry)
+    assert before._tokens is after_reload._tokens
+    assert rotated._tokens is not before._tokens
