@@ -1,0 +1,1 @@
+"""An in-memory Kubernetes API for tests: see :mod:`tests.k8s.emulator`."""
