@@ -24,7 +24,13 @@ def _now() -> str:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RUNTIME.settings.reconcile_interval_s, initial_delay=5)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=RUNTIME.settings.reconcile_interval_s,
+    initial_delay=min(5.0, RUNTIME.settings.reconcile_interval_s),
+)
 def reconcile_endpoint(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     outcome = reconcile.reconcile(RUNTIME.kube(), dict(body), RUNTIME.settings, _now())
     RUNTIME.reconciles += 1
@@ -38,6 +44,13 @@ def endpoint_deleted(namespace: str | None, **_: Any) -> None:
     """Owned config goes by garbage collection; the shared gateway drops this endpoint."""
     if namespace is not None:
         reconcile.apply_gateway(RUNTIME.kube(), namespace, RUNTIME.settings)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The pod's ServiceAccount in a cluster, else KUBECONFIG as it is now (the kubernetes
+    library caches KUBECONFIG at import; kopf's own readers do not)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 @kopf.on.startup()

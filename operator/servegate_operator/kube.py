@@ -57,7 +57,7 @@ class Kube:
         data, _status, _headers = self._api.call_api(
             path,
             method,
-            response_type="object",
+            response_types_map={200: "object", 201: "object"},
             auth_settings=["BearerToken"],
             _return_http_data_only=False,
             _preload_content=True,

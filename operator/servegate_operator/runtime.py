@@ -7,6 +7,7 @@ this one object; ``configure_kopf`` applies the settings kopf itself needs.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import kopf
@@ -30,6 +31,12 @@ class Runtime:
             self._kube = Kube(_api_client())
         return self._kube
 
+    def use(self, kube: Kube, settings: OperatorSettings | None = None) -> None:
+        """Point the handlers at another API client (and settings): tests, embedding."""
+        self._kube = kube
+        if settings is not None:
+            self.settings = settings
+
     def configure_kopf(self, settings: kopf.OperatorSettings) -> None:
         # Our own finalizer name and kopf's bookkeeping in annotations: status stays ours.
         settings.persistence.finalizer = FINALIZER
@@ -47,12 +54,18 @@ class Runtime:
 
 
 def _api_client() -> k8s.ApiClient:
-    """In-cluster config in a pod, else KUBECONFIG / ~/.kube/config (as kopf does)."""
+    """In-cluster config in a pod, else KUBECONFIG / ~/.kube/config (as kopf does).
+
+    KUBECONFIG is read now, not at the client library's import (which caches it).
+    """
+    configuration = k8s.Configuration()
     try:
-        k8s_config.load_incluster_config()
+        k8s_config.load_incluster_config(client_configuration=configuration)
     except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    return k8s.ApiClient()
+        k8s_config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+        )
+    return k8s.ApiClient(configuration)
 
 
 RUNTIME = Runtime()
