@@ -82,8 +82,11 @@ class Kube:
         return items
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply. Kubernetes authorizes an apply that creates the object as
+        ``create`` as well as ``patch``, so both are recorded."""
         resource = BY_KIND[obj["kind"]]
         meta = obj["metadata"]
+        self.calls.add((resource.group, resource.plural, "create"))
         result: dict[str, Any] = self._call(
             "patch",
             resource,

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from kopf.testing import KopfRunner
 
+from servegate_operator import reconcile
 from servegate_operator.kube import Kube
 from servegate_operator.runtime import RUNTIME
 from servegate_operator.settings import GatewayDefaults, OperatorSettings
@@ -111,7 +112,10 @@ def delete(k8s: EmulatedCluster, resource: str, name: str) -> None:
     group_version, plural = resource.rsplit("/", 1)
     path = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
     k8s.api_client().call_api(
-        f"{path}/namespaces/{NS}/{plural}/{name}", "DELETE", auth_settings=["BearerToken"], response_types_map={}
+        f"{path}/namespaces/{NS}/{plural}/{name}",
+        "DELETE",
+        auth_settings=["BearerToken"],
+        response_types_map={},
     )
 
 
@@ -252,3 +256,57 @@ def test_invalid_spec_and_plaintext(cluster: EmulatedCluster, operator: Kube) ->
     outputs = [in_namespace(k8s, r) for r in ("v1/configmaps", "v1/events", "apps/v1/deployments")]
     outputs.append([status_of(k8s, "plain")])
     assert CANARY not in yaml.safe_dump(outputs)
+
+
+def granted_rules() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) the operator's ClusterRole grants, expanded."""
+    documents = yaml.safe_load_all((REPO / "deploy" / "operator" / "rbac.yaml").read_text())
+    (role,) = [d for d in documents if d and d["kind"] == "ClusterRole"]
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster) -> None:
+    """Run the operator as deployed (every namespace, with peering), exercise every code
+    path that talks to the API, and compare the calls with the ClusterRole."""
+    k8s = cluster
+    k8s.create(
+        {
+            "apiVersion": "kopf.dev/v1",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": "servegate"},
+        }
+    )
+    kube = Kube(k8s.api_client())
+    RUNTIME.use(kube, OperatorSettings(gateway=GatewayDefaults(replicas=2), reconcile_interval_s=1))
+    args = ["run", "-A", "--peering", "servegate", "-m", "servegate_operator.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        k8s.create(secret("openai", {"api_key": "sk-x"}))
+        plain = endpoint("plain", "embeddings")
+        config = plain["spec"]["config"]["served_entities"][0]["external_model"]["openai_config"]
+        config["openai_api_key_plaintext"] = config.pop("openai_api_key").replace("{{", "x")
+        k8s.create(plain)
+        k8s.create(endpoint("emb", "embeddings"))
+        wait_for(
+            "both reconciled", lambda: all(status_of(k8s, n).get("state") for n in ("plain", "emb"))
+        )
+        broken = k8s.get(SEP, NS, "emb")
+        broken["spec"]["config"]["served_entities"][0]["external_model"]["task"] = "llm/v1/nope"
+        replace_endpoint(k8s, broken)
+        wait_for(
+            "ConfigValid False",
+            lambda: condition(k8s, "emb", "ConfigValid").get("status") == "False",
+        )
+        delete(k8s, SEP, "plain")
+        wait_for("plain deleted", lambda: k8s.get(SEP, NS, "plain") is None)
+    assert runner.exit_code == 0, runner.output
+    # The other branches of the optional objects (PDB and HPA on or off), same code path.
+    for gateway in (GatewayDefaults(replicas=1), GatewayDefaults(replicas=1, hpa_max_replicas=3)):
+        reconcile.apply_gateway(kube, NS, OperatorSettings(gateway=gateway))
+    called = set(kube.calls) | k8s.rbac_calls(user_agent="kopf")
+    assert called == granted_rules()

@@ -240,3 +240,10 @@ def test_settings_from_env() -> None:
     assert settings.reconcile_interval_s == 5
     with pytest.raises(ValueError, match="SERVEGATE_GATEWAY_RESOURCES must be JSON"):
         settings_from_env({"SERVEGATE_GATEWAY_RESOURCES": "{nope"})
+
+
+def test_deploy_manifests_are_valid_kubernetes_objects() -> None:
+    for path in sorted((REPO / "deploy" / "operator").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                validate(document)
