@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="serve provider simulators on 127.0.0.1")
     simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument(
+        "--allow-external",
+        action="store_true",
+        help="allow a non-loopback --host (a simulator Service in a test cluster)",
+    )
     for name, port in EXAMPLE_PORTS.items():
         simulate.add_argument(f"--{name}-port", type=int, default=port, metavar="PORT")
     simulate.add_argument(
@@ -249,8 +254,12 @@ def _print_simulators(running: RunningSimulators) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    if not is_loopback(args.host):
-        print("servegate: simulators bind loopback addresses only", file=sys.stderr)
+    if not is_loopback(args.host) and not args.allow_external:
+        print(
+            "servegate: simulators bind loopback addresses only; pass --allow-external "
+            "to serve them to a test cluster",
+            file=sys.stderr,
+        )
         return 2
     try:
         asyncio.run(serve_forever(simulator_config(args), on_ready=_print_simulators))
