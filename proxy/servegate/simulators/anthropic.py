@@ -36,11 +36,10 @@ content delta, and ends the stream: how Anthropic reports ``overloaded_error`` m
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,10 +47,10 @@ import orjson
 from aiohttp import web
 
 from .errors import ApiError
-from .faults import Fault, control_of, install_control
+from .faults import Fault, install_control
 from .openai_shapes import count_tokens, split_words
 from .schema_fill import example_for_schema
-from .wire import JsonReply, _cut, deliver, json_response
+from .wire import JsonReply, StreamReply, deliver, json_response
 
 __all__ = [
     "API_VERSIONS",
@@ -395,60 +394,20 @@ def _in_band(fault: Fault | None) -> bool:
     )
 
 
-async def _send_events(
-    request: web.Request,
-    events: Sequence[tuple[str, Body]],
-    fault: Fault | None,
-    headers: Mapping[str, str],
-) -> web.StreamResponse:
-    """Write ``events`` with Anthropic's framing, applying a stream fault the way
-    :mod:`.wire` does for OpenAI framing (gate, cut, malformed) plus in-band errors."""
-    resp = web.StreamResponse(
-        status=200,
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            **headers,
-            **(fault.headers if fault else {}),
-        },
-    )
-    await resp.prepare(request)
-    gate = control_of(request.app).gate(fault.gate) if fault and fault.gate else None
-    cut_after = fault.stream_cut_after if fault else None
-    try:
-        for sent, (name, data) in enumerate(events):
-            if gate is not None and fault is not None and sent == fault.gate_after:
-                await gate.wait()
-            if cut_after is not None and sent == cut_after:
-                return _cut(request, resp)
-            if fault is not None and _in_band(fault) and sent == _IN_BAND_ERROR_AFTER:
-                await resp.write(_frame("error", fault.body))
-                break
-            await resp.write(_frame(name, data))
-            if sent == 0 and fault is not None and fault.malformed:
-                await resp.write(b'event: content_block_delta\ndata: {"type": "content_blo\n\n')
-        if gate is not None:
-            await gate.wait()
-        if cut_after is not None:
-            return _cut(request, resp)
-        await resp.write_eof()
-    except ConnectionError:
-        pass  # the client went away mid-stream
-    return resp
-
-
 async def _answer_stream(
     request: web.Request, events: list[tuple[str, Body]], model: str, headers: Mapping[str, str]
 ) -> web.StreamResponse:
-    control = control_of(request.app)
-    pending = next((f for f in control.faults() if f.model in (None, model)), None)
-    if pending is not None and pending.overrides_response and not _in_band(pending):
-        # An HTTP-level fault: the shared delivery answers with its JSON error body.
-        return await deliver(request, JsonReply(200, {}, headers), model=model)
-    fault = control.take_fault(model)
-    if fault is not None and fault.latency_ms:
-        await asyncio.sleep(fault.latency_ms / 1000)
-    return await _send_events(request, events, fault, headers)
+    """:func:`.wire.deliver` with Anthropic's named events, no terminator, and in-band
+    ``error`` events for faults that carry an Anthropic error body without a status."""
+    reply = StreamReply(
+        frames=[_frame(name, data) for name, data in events],
+        headers=headers,
+        terminator=None,
+        malformed=b'event: content_block_delta\ndata: {"type": "content_blo\n\n',
+        in_band_error=lambda fault: _frame("error", fault.body) if _in_band(fault) else None,
+        in_band_after=_IN_BAND_ERROR_AFTER,
+    )
+    return await deliver(request, reply, model=model)
 
 
 def create_anthropic_app(

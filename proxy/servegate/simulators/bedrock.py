@@ -31,7 +31,6 @@ embedding vectors from SHA-256. Faults (``/_sim``) match on the model id.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -51,11 +50,11 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from .faults import Fault, control_of, install_control
+from .faults import install_control
 from .openai_bodies import embedding_vector
 from .openai_shapes import count_tokens, split_words
 from .schema_fill import example_for_schema
-from .wire import JsonReply, deliver, json_response
+from .wire import JsonReply, StreamReply, deliver, json_response
 
 __all__ = [
     "DEFAULT_ACCESS_KEY_ID",
@@ -626,58 +625,24 @@ def cohere_embed(body: Mapping[str, Any], model: str) -> tuple[dict[str, Any], i
 # ---------------------------------------------------------------- the wire
 
 
-async def _send_events(
-    request: web.Request, frames: list[bytes], fault: Fault | None, headers: Mapping[str, str]
-) -> web.StreamResponse:
-    """Event-stream frames with the fault's gate, cut and corruption applied (a corrupted
-    frame carries a wrong message CRC, which every AWS event-stream parser refuses)."""
-    resp = web.StreamResponse(
-        headers={"Content-Type": EVENTSTREAM, **headers, **(fault.headers if fault else {})}
-    )
-    await resp.prepare(request)
-    gate = control_of(request.app).gate(fault.gate) if fault and fault.gate else None
-    cut_after = fault.stream_cut_after if fault else None
-    try:
-        for sent, frame in enumerate(frames):
-            if gate is not None and fault is not None and sent == fault.gate_after:
-                await gate.wait()
-            if cut_after is not None and sent == cut_after:
-                break
-            await resp.write(frame)
-            if sent == 0 and fault is not None and fault.malformed:
-                await resp.write(frame[:-1] + bytes([frame[-1] ^ 0xFF]))
-        else:
-            if gate is not None:
-                await gate.wait()
-            if cut_after is None:
-                await resp.write_eof()
-                return resp
-        resp.force_close()  # the cut: no end of the chunked body, the connection just drops
-        if request.transport is not None:
-            request.transport.close()
-    except ConnectionError:
-        pass  # the client went away mid-stream
-    return resp
+def _corrupt(frame: bytes) -> bytes:
+    """The frame with a wrong message CRC, which every AWS event-stream parser refuses."""
+    return frame[:-1] + bytes([frame[-1] ^ 0xFF])
 
 
 async def _stream(
     request: web.Request, model: str, frames: list[bytes], headers: Mapping[str, str]
 ) -> web.StreamResponse:
-    """Like :func:`.wire.deliver`, for event streams: a fault that replaces the answer
-    replaces it with a plain AWS JSON error, as Bedrock fails before the stream starts."""
-    control = control_of(request.app)
-    fault = control.take_fault(model)
-    if fault is not None and fault.latency_ms:
-        await asyncio.sleep(fault.latency_ms / 1000)
-    if fault is not None and fault.overrides_response:
-        status = fault.status or 200
-        body = (
-            fault.body
-            if fault.body is not None
-            else control.error_factory(request, status, model, fault.headers)
-        )
-        return json_response(status, body, fault.headers)
-    return await _send_events(request, frames, fault, headers)
+    """:func:`.wire.deliver` for event streams: binary frames, no terminator; a fault that
+    replaces the answer gives a plain AWS JSON error, as Bedrock fails before streaming."""
+    reply = StreamReply(
+        frames=frames,
+        headers=headers,
+        terminator=None,
+        malformed=_corrupt,
+        content_type=EVENTSTREAM,
+    )
+    return await deliver(request, reply, model=model)
 
 
 async def _aws_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -28,7 +28,6 @@ Faults from the shared ``/_sim`` control API match on the request's ``model``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import re
@@ -41,11 +40,11 @@ import orjson
 from aiohttp import web
 
 from .errors import ApiError
-from .faults import Fault, control_of, install_control
+from .faults import install_control
 from .openai_bodies import embedding_vector
 from .openai_shapes import count_tokens, split_words
 from .schema_fill import example_for_schema
-from .wire import JsonReply, deliver, json_response
+from .wire import JsonReply, StreamReply, deliver, json_response
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -402,58 +401,18 @@ def _embed(body: Mapping[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-def _pending_fault(request: web.Request, model: str) -> Fault | None:
-    """The fault ``take_fault`` would pick next, without consuming it."""
-    return next((f for f in control_of(request.app).faults() if f.model in (None, model)), None)
-
-
 async def _send_stream(
     request: web.Request, frames: Sequence[bytes], *, sse: bool, model: str
 ) -> web.StreamResponse:
-    """Stream ``frames`` with the fault machinery of :mod:`.wire`, in Cohere's framings.
-
-    A fault that replaces the answer goes through :func:`.wire.deliver` unchanged; otherwise
-    latency, gates, cuts and corruption are applied here, because ``wire`` only frames
-    OpenAI's ``data:`` events."""
-    pending = _pending_fault(request, model)
-    if pending is not None and pending.overrides_response:
-        return await deliver(request, JsonReply(200, {}), model=model)
-    fault = control_of(request.app).take_fault(model)
-    if fault is not None and fault.latency_ms:
-        await asyncio.sleep(fault.latency_ms / 1000)
-    content_type = "text/event-stream" if sse else "application/stream+json"
-    headers = {
-        "Content-Type": content_type,
-        "Cache-Control": "no-cache",
-        **(fault.headers if fault else {}),
-    }
-    resp = web.StreamResponse(status=200, headers=headers)
-    await resp.prepare(request)
-    gate = control_of(request.app).gate(fault.gate) if fault and fault.gate else None
-    cut_after = fault.stream_cut_after if fault else None
-    try:
-        for sent, frame in enumerate(frames):
-            if gate is not None and fault is not None and sent == fault.gate_after:
-                await gate.wait()
-            if sent == cut_after:
-                break
-            await resp.write(frame)
-            if sent == 0 and fault is not None and fault.malformed:
-                await resp.write(_MALFORMED[sse])
-        else:
-            if gate is not None:
-                await gate.wait()
-            if cut_after is None:
-                if sse:
-                    await resp.write(b"data: [DONE]\n\n")
-                await resp.write_eof()
-                return resp
-        resp.force_close()  # a cut: drop the connection without the body's terminator
-        if request.transport is not None:
-            request.transport.close()
-    except ConnectionError:
-        pass  # the client went away mid-stream
-    return resp
+    """:func:`.wire.deliver` in Cohere's framings: chat v2 is SSE ending in ``[DONE]``,
+    generate streams one JSON object per line with no terminator."""
+    reply = StreamReply(
+        frames=frames,
+        terminator=b"data: [DONE]\n\n" if sse else None,
+        malformed=_MALFORMED[sse],
+        content_type="text/event-stream" if sse else "application/stream+json",
+    )
+    return await deliver(request, reply, model=model)
 
 
 async def _parse(request: web.Request, kind: str, known: frozenset[str] | None) -> dict[str, Any]:

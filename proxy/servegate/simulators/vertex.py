@@ -38,7 +38,6 @@ account's ``client_email`` on ``/token``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -57,12 +56,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .faults import Fault, control_of, install_control
+from .faults import install_control
 from .openai_bodies import embedding_vector
 from .openai_shapes import count_tokens, split_words
 from .schema_fill import example_for_schema
 from .tokens import IssuedToken, TokenRegistry
-from .wire import JsonReply, _cut, _send_json, deliver, json_response
+from .wire import JsonReply, StreamReply, deliver, json_response
 
 __all__ = [
     "CLOUD_PLATFORM_SCOPE",
@@ -701,49 +700,18 @@ def _predict_embeddings(body: Mapping[str, Any], model: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------- delivery
 
 
-async def _send_sse(
-    request: web.Request, events: Sequence[object], fault: Fault | None
-) -> web.StreamResponse:
-    """Vertex's SSE framing (CRLF, no ``[DONE]``) with the fault's cut, gate and corruption.
-    The shared :func:`.wire.deliver` frames OpenAI's way, so streams are sent here."""
-    headers = {"Content-Type": "text/event-stream", **(fault.headers if fault else {})}
-    resp = web.StreamResponse(status=200, headers=headers)
-    await resp.prepare(request)
-    gate = control_of(request.app).gate(fault.gate) if fault and fault.gate else None
-    try:
-        for sent, event in enumerate(events):
-            if gate is not None and fault is not None and sent == fault.gate_after:
-                await gate.wait()
-            if fault is not None and fault.stream_cut_after == sent:
-                return _cut(request, resp)
-            await resp.write(b"data: " + orjson.dumps(event) + _CRLF + _CRLF)
-            if sent == 0 and fault is not None and fault.malformed:
-                await resp.write(_MALFORMED_EVENT)
-        if gate is not None:
-            await gate.wait()
-        if fault is not None and fault.stream_cut_after is not None:
-            return _cut(request, resp)
-        await resp.write_eof()
-    except ConnectionError:
-        pass  # the client went away mid-stream
-    return resp
-
-
 async def _deliver_stream(
     request: web.Request, events: Sequence[object], *, model: str
 ) -> web.StreamResponse:
-    """:func:`.wire.deliver` for an SSE answer: the same fault semantics, Vertex framing."""
-    control = control_of(request.app)
-    fault = control.take_fault(model)
-    if fault is not None and fault.latency_ms:
-        await asyncio.sleep(fault.latency_ms / 1000)
-    if fault is not None and fault.overrides_response:
-        status = fault.status if fault.status is not None else 200
-        body = fault.body
-        if body is None:
-            body = control.error_factory(request, status, model, fault.headers)
-        return await _send_json(request, JsonReply(status, body), fault)
-    return await _send_sse(request, events, fault)
+    """:func:`.wire.deliver` with Vertex's SSE framing: CRLF line ends, no ``[DONE]``."""
+    frames = [b"data: " + orjson.dumps(event) + _CRLF + _CRLF for event in events]
+    reply = StreamReply(
+        frames=frames,
+        terminator=None,
+        malformed=_MALFORMED_EVENT,
+        content_type="text/event-stream",
+    )
+    return await deliver(request, reply, model=model)
 
 
 # ------------------------------------------------------------------------------ app

@@ -6,10 +6,13 @@ delays, replaces, truncates, corrupts or parks the response exactly as the fault
 says. Keeping that in one place means every endpoint of every simulator misbehaves
 the same way, and handlers stay free of fault logic.
 
-SSE framing follows OpenAI's: ``data: <json>\\n\\n`` per event, then
-``data: [DONE]\\n\\n``. A "cut" really drops the TCP connection after the chosen
-number of events, so the client sees a body without its terminator (for chunked
-transfer encoding: no final zero-length chunk).
+Streams default to OpenAI's framing (``data: <json>\\n\\n`` per event, then
+``data: [DONE]\\n\\n``); a simulator whose provider frames differently (Anthropic's
+named events, Cohere's JSON lines, Vertex's CRLF, Bedrock's binary event stream) passes
+its own ``frames``, ``terminator`` and corrupted frame, and gets the same fault handling.
+A "cut" really drops the TCP connection after the chosen number of events, so the
+client sees a body without its terminator (for chunked transfer encoding: no final
+zero-length chunk).
 """
 
 from __future__ import annotations
@@ -39,8 +42,31 @@ class JsonReply:
 
 @dataclass(frozen=True, slots=True)
 class StreamReply:
-    events: Sequence[object]
+    """A streamed answer: JSON ``events`` in OpenAI's framing, or provider ``frames``."""
+
+    events: Sequence[object] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
+    frames: Sequence[bytes] | None = None
+    """Already framed in the provider's own way; replaces ``events``."""
+    terminator: bytes | None = _SSE_DONE
+    """Written after the last frame (None: the stream just ends)."""
+    malformed: bytes | Callable[[bytes], bytes] = _MALFORMED_EVENT
+    """What a ``malformed`` fault adds after the first frame (or a function of that frame)."""
+    content_type: str = "text/event-stream; charset=utf-8"
+    in_band_error: Callable[[Fault], bytes | None] | None = None
+    """For providers that report errors inside the stream: the frame a fault turns into
+    (None: the fault is not an in-band one). It replaces the rest of the stream."""
+    in_band_after: int = 1
+
+    def encoded(self) -> Sequence[bytes]:
+        if self.frames is not None:
+            return self.frames
+        return [b"data: " + orjson.dumps(event) + b"\n\n" for event in self.events]
+
+    def in_band(self, fault: Fault | None) -> bytes | None:
+        if fault is None or self.in_band_error is None:
+            return None
+        return self.in_band_error(fault)
 
 
 Reply = JsonReply | StreamReply
@@ -91,7 +117,7 @@ async def _send_stream(
     request: web.Request, reply: StreamReply, fault: Fault | None
 ) -> web.StreamResponse:
     headers = {
-        "Content-Type": "text/event-stream; charset=utf-8",
+        "Content-Type": reply.content_type,
         "Cache-Control": "no-cache",
         **reply.headers,
         **(fault.headers if fault else {}),
@@ -100,20 +126,26 @@ async def _send_stream(
     await resp.prepare(request)
     gate = control_of(request.app).gate(fault.gate) if fault and fault.gate else None
     cut_after = fault.stream_cut_after if fault else None
+    in_band = reply.in_band(fault)
     try:
-        for sent, event in enumerate(reply.events):
+        for sent, frame in enumerate(reply.encoded()):
             if gate is not None and fault is not None and sent == fault.gate_after:
                 await gate.wait()
             if cut_after is not None and sent == cut_after:
                 return _cut(request, resp)
-            await resp.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            if in_band is not None and sent == reply.in_band_after:
+                await resp.write(in_band)
+                break
+            await resp.write(frame)
             if sent == 0 and fault is not None and fault.malformed:
-                await resp.write(_MALFORMED_EVENT)
-        if gate is not None:  # gate_after >= number of events: park before [DONE]
+                bad = reply.malformed
+                await resp.write(bad(frame) if callable(bad) else bad)
+        if gate is not None:  # gate_after >= number of events: park before the end
             await gate.wait()
         if cut_after is not None:
             return _cut(request, resp)
-        await resp.write(_SSE_DONE)
+        if reply.terminator is not None and in_band is None:
+            await resp.write(reply.terminator)
         await resp.write_eof()
     except ConnectionError:
         pass  # the client went away mid-stream; nothing left to tell it
@@ -132,7 +164,8 @@ async def deliver(
     fault = control.take_fault(model)
     if fault is not None and fault.latency_ms:
         await asyncio.sleep(fault.latency_ms / 1000)
-    if fault is not None and fault.overrides_response:
+    in_band = isinstance(reply, StreamReply) and reply.in_band(fault) is not None
+    if fault is not None and fault.overrides_response and not in_band:
         status = fault.status if fault.status is not None else 200
         body = (
             fault.body
