@@ -29,15 +29,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    parser.add_argument(
+        "--log-format",
+        default="json",
+        choices=["json", "full", "plain"],
+        help="json (default: one object per line, with the object's reference) or text",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the flags, set up structured logging, and run kopf until signalled."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
     import kopf
+
+    kopf.configure(
+        log_format=kopf.LogFormat[args.log_format.upper()],
+        log_refkey="k8s",
+        debug=args.log_level == "DEBUG",
+        quiet=args.log_level in ("WARNING", "ERROR"),
+    )
+    logging.getLogger().setLevel(args.log_level)
 
     from servegate_operator import handlers  # noqa: F401  (registers the handlers)
 
@@ -46,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             clusterwide=not args.namespace,
             namespaces=list(args.namespace),
             standalone=args.standalone,
-            peering_name=args.peering,
+            peering_name=None if args.standalone else args.peering,
             liveness_endpoint=args.liveness,
         )
     )

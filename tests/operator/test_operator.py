@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import kubernetes.client
@@ -20,19 +19,11 @@ from servegate_operator.kube import Kube
 from servegate_operator.runtime import RUNTIME
 from servegate_operator.settings import GatewayDefaults, OperatorSettings
 from tests.conftest import REPO
-from tests.k8s.emulator import EmulatedCluster, running_kubernetes
+from tests.k8s.emulator import EmulatedCluster
 
 NS = "team-a"
 SEP = "servegate.io/v1alpha1/servingendpoints"
 CANARY = "sk-OPERATOR-PLAINTEXT-CANARY"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedCluster]:
-    with running_kubernetes(tmp_path / "k8s") as k8s:
-        monkeypatch.setenv("KUBECONFIG", str(k8s.kubeconfig))
-        k8s.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
-        yield k8s
 
 
 @pytest.fixture
@@ -259,9 +250,14 @@ def test_invalid_spec_and_plaintext(cluster: EmulatedCluster, operator: Kube) ->
 
 
 def granted_rules() -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) the operator's ClusterRole grants, expanded."""
-    documents = yaml.safe_load_all((REPO / "deploy" / "operator" / "rbac.yaml").read_text())
-    (role,) = [d for d in documents if d and d["kind"] == "ClusterRole"]
+    """(apiGroup, resource, verb) the operator's ClusterRole in deploy/operator/ grants."""
+    documents = [
+        doc
+        for path in sorted((REPO / "deploy" / "operator").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    (role,) = [d for d in documents if d["kind"] == "ClusterRole"]
     return {
         (group, resource, verb)
         for rule in role["rules"]

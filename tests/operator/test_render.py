@@ -245,5 +245,5 @@ def test_settings_from_env() -> None:
 def test_deploy_manifests_are_valid_kubernetes_objects() -> None:
     for path in sorted((REPO / "deploy" / "operator").glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
-            if document:
-                validate(document)
+            if document and not document["apiVersion"].startswith("kopf.dev/"):
+                validate(document)  # kopf's peering objects are custom kinds (tests/helm)
