@@ -1,26 +1,31 @@
 """The one query path, stage by stage. Each stage lives in its own module; this file only
 calls them in order:
 
-    endpoint lookup → body validation (task) → routing (split or named entity)
-    → provider translation → transport → response or stream back
+    endpoint lookup → body validation (task) → routing (split or named entity, then
+    fallback order) → per attempt: provider translation → transport → response or stream
 
 Authentication ran before this, in the middleware (``ingress/middleware.py``).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 
 import orjson
 from aiohttp import web
 
 from servegate import keys
-from servegate.canonical.requests import parse_query
+from servegate.canonical.requests import QueryRequest, parse_query
 from servegate.canonical.usage import Usage
 from servegate.config import EndpointRuntime, EntityRuntime, RuntimeConfig
 from servegate.ingress.errors import BadRequest, EndpointNotReady, GatewayError, NotFound
+from servegate.routing.fallback import attempt_order, falls_back
 from servegate.spec.endpoint import Task
 from servegate.streaming.relay import relay_stream
+
+log = logging.getLogger(__name__)
 
 
 def find_endpoint(config: RuntimeConfig, name: str) -> EndpointRuntime:
@@ -36,9 +41,7 @@ def find_endpoint(config: RuntimeConfig, name: str) -> EndpointRuntime:
     raise NotFound(f"Endpoint with name '{name}' not found.")
 
 
-def _pick_entity(endpoint: EndpointRuntime, entity_name: str | None) -> EntityRuntime:
-    if entity_name is None:
-        return endpoint.entities[endpoint.split.choose()]
+def _pick_entity(endpoint: EndpointRuntime, entity_name: str) -> EntityRuntime:
     entity = endpoint.entities.get(entity_name)
     if entity is None:
         raise NotFound(f"Served entity '{entity_name}' not found in endpoint '{endpoint.name}'.")
@@ -69,13 +72,48 @@ async def answer_query(
             retry_after=10,
         )
     query = parse_query(endpoint.task, body)
-    entity = _pick_entity(endpoint, entity_name)
-    access.entity = entity.name
     access.stream = query.stream
-    provider = entity.provider
-    if provider is None:  # only possible for a not-ready endpoint, handled above
-        raise EndpointNotReady(f"Served entity '{entity.name}' is not ready: {entity.problem}")
+    order = _attempts(endpoint, entity_name)
+    deadline = time.monotonic() + app[keys.upstream_client].timeouts.first_byte
+    for entity, following in itertools.pairwise(order):
+        access.entity = entity.name
+        try:
+            return await _attempt(request, endpoint, entity, query, deadline)
+        except GatewayError as error:
+            if not falls_back(error) or time.monotonic() >= deadline:
+                raise
+            log.warning(
+                "endpoint %s: served entity %s failed (%s %s); falling back to %s",
+                endpoint.name, entity.name, error.status, error.error_code, following.name,
+            )  # fmt: skip
+            app[keys.metrics].fallbacks.labels(endpoint.name, entity.name, following.name).inc()
+    access.entity = order[-1].name
+    return await _attempt(request, endpoint, order[-1], query, deadline)
 
+
+def _attempts(endpoint: EndpointRuntime, entity_name: str | None) -> list[EntityRuntime]:
+    """The entities to try, in order: the named one alone, or the split's pick and then,
+    with fallback enabled, the others (routing/fallback.py)."""
+    if entity_name is not None:
+        return [_pick_entity(endpoint, entity_name)]
+    gateway = endpoint.spec.ai_gateway
+    enabled = bool(gateway and gateway.fallback_config and gateway.fallback_config.enabled)
+    names = attempt_order(list(endpoint.entities), endpoint.split.choose(), enabled=enabled)
+    return [endpoint.entities[name] for name in names]
+
+
+async def _attempt(
+    request: web.Request,
+    endpoint: EndpointRuntime,
+    entity: EntityRuntime,
+    query: QueryRequest,
+    deadline: float,
+) -> web.StreamResponse:
+    """One served entity answers (or raises before anything reached the client)."""
+    app = request.app
+    provider = entity.provider
+    if provider is None:  # only possible for a not-ready endpoint, refused above
+        raise EndpointNotReady(f"Served entity '{entity.name}' is not ready: {entity.problem}")
     started = time.perf_counter()
     status, usage = 500, None
     client = app[keys.upstream_client]
@@ -84,7 +122,7 @@ async def answer_query(
     try:
         provider.check(query)
         upstream_request = await provider.authorize(provider.build_request(query))
-        upstream = await client.send(upstream_request, provider.name)
+        upstream = await client.send(upstream_request, provider.name, deadline=deadline)
         if upstream.status >= 400:
             raise provider.error(
                 upstream.status, await client.read_body(upstream, provider.name), upstream.headers
@@ -100,6 +138,8 @@ async def answer_query(
                 headers=headers,
             )
             status, usage = outcome.status, outcome.usage
+            if status >= 400 and status != 499:  # failed after content reached the client
+                app[keys.metrics].stream_errors.labels(endpoint.name, provider.name).inc()
             return outcome.response
         translated = provider.parse_response(query, await client.read_body(upstream, provider.name))
         status, usage = 200, translated.usage

@@ -360,7 +360,7 @@ async def test_upstream_timeout_is_504(
     assert (await resp.json())["error_code"] == "DEADLINE_EXCEEDED"
 
 
-async def test_stream_cut_midway_ends_with_an_error_event_and_no_done(
+async def test_stream_cut_midway_ends_with_an_error_event_then_done(
     client: Client, openai_sim: str
 ) -> None:
     await sim(
@@ -378,9 +378,10 @@ async def test_stream_cut_midway_ends_with_an_error_event_and_no_done(
     )
     assert resp.status == 200
     lines = sse_lines(await resp.read())
-    assert "data: [DONE]" not in lines
-    last = orjson.loads(lines[-1][6:])
+    assert lines[-1] == "data: [DONE]"
+    last = orjson.loads(lines[-2][6:])
     assert last["error"]["code"] == "TEMPORARILY_UNAVAILABLE"
+    assert all("error" not in orjson.loads(line[6:]) for line in lines[:-2])
 
 
 async def test_malformed_upstream_body_is_502(client: Client, openai_sim: str) -> None:

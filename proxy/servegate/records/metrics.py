@@ -38,6 +38,18 @@ class Metrics:
             ["endpoint", "served_entity", "kind"],
             registry=self.registry,
         )
+        self.fallbacks = Counter(
+            "servegate_fallbacks",
+            "Requests passed on to the next served entity after a failure, by from and to entity.",
+            ["endpoint", "from_entity", "to_entity"],
+            registry=self.registry,
+        )
+        self.stream_errors = Counter(
+            "servegate_stream_errors",
+            "Streams that failed after content reached the client (ended with an error event).",
+            ["endpoint", "provider"],
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "servegate_requests_in_flight",
             "Query requests being answered now.",

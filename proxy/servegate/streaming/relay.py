@@ -6,10 +6,10 @@ nothing is buffered without bound.
 
 The client's response is started only once the first translated frame exists, so an error
 the upstream reports before any content still becomes a normal error response with its
-status. After that, an error can only be reported in-band: one ``data:`` event carrying
-``{"error": {...}, "error_code", "message"}`` (the OpenAI SDK raises on an ``error`` key;
-MLflow yields it), and the stream ends without ``data: [DONE]``, so no client mistakes a
-cut-off answer for a whole one.
+status. After that, an error can only be reported in-band, and content already sent is never
+sent again (so no fallback either): one final ``data:`` event in the OpenAI error-chunk
+shape, ``{"error": {"message", "type", "code"}}`` plus the platform's ``error_code`` and
+``message`` (the OpenAI SDK raises on it; MLflow yields it), then ``data: [DONE]``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ async def relay_stream(
             raise
         status = error.status
         log.warning("stream from provider '%s' failed mid-way: %s", provider, error.message)
-        await _write_quietly(response, error_frame(error))
+        await _write_quietly(response, error_frame(error) + DONE_FRAME)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         status = 499  # the client went away; stop reading the upstream too
         upstream.close()

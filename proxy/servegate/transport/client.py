@@ -15,6 +15,7 @@ Three timeouts, each for a different failure:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -55,12 +56,20 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, request: UpstreamRequest, provider: str) -> aiohttp.ClientResponse:
-        """Send and wait for the response headers; the caller reads and releases the body."""
+    async def send(
+        self, request: UpstreamRequest, provider: str, *, deadline: float | None = None
+    ) -> aiohttp.ClientResponse:
+        """Send and wait for the response headers; the caller reads and releases the body.
+
+        ``deadline`` (a ``time.monotonic()`` value) caps the wait across fallback attempts.
+        """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
+        budget = self.timeouts.connect + self.timeouts.first_byte
+        if deadline is not None:
+            budget = min(budget, max(0.0, deadline - time.monotonic()))
         try:
-            async with asyncio.timeout(self.timeouts.connect + self.timeouts.first_byte):
+            async with asyncio.timeout(budget):
                 return await self._session.request(
                     request.method, request.url, data=request.body, headers=dict(request.headers)
                 )

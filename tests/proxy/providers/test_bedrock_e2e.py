@@ -400,10 +400,12 @@ def test_exception_inside_the_stream_ends_it_with_an_error_event(env: Env) -> No
         "claude",
         {"messages": [{"role": "user", "content": "go [stream-exception:throttlingException]"}]},
     )
-    frames = [json.loads(line.removeprefix("data: ")) for line in out.split("\n\n") if line]
+    raw = [line.removeprefix("data: ") for line in out.split("\n\n") if line]
+    assert raw[-1] == "[DONE]"  # after the one error event, never more content
+    frames = [json.loads(line) for line in raw[:-1]]
     assert frames[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Simulated"}
     assert frames[-1]["error_code"] == "REQUEST_LIMIT_EXCEEDED"
-    assert "Too many requests" in frames[-1]["message"] and "[DONE]" not in out
+    assert "Too many requests" in frames[-1]["message"]
 
 
 def test_bad_signature_then_rotated_secret(env: Env) -> None:
