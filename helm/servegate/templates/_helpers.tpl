@@ -1,0 +1,189 @@
+{{/*
+The chart name, or nameOverride.
+*/}}
+{{- define "servegate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name: fullnameOverride, else <release>-<name>, or just <release> when the release
+name already contains the chart name. Truncated to 63 characters (DNS label).
+*/}}
+{{- define "servegate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's objects: <fullname>-operator.
+*/}}
+{{- define "servegate.operatorName" -}}
+{{- printf "%s-operator" (include "servegate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+chart label: name-version.
+*/}}
+{{- define "servegate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Selector labels of the operator's pods (never change them: Deployment selectors are immutable).
+*/}}
+{{- define "servegate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "servegate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+Labels of every object the chart installs, without the component.
+*/}}
+{{- define "servegate.commonLabels" -}}
+helm.sh/chart: {{ include "servegate.chart" . }}
+app.kubernetes.io/name: {{ include "servegate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: servegate
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels of the operator's objects.
+*/}}
+{{- define "servegate.labels" -}}
+{{ include "servegate.commonLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+Labels of the chart's objects about the gateways (NetworkPolicy, ServiceMonitor).
+*/}}
+{{- define "servegate.gatewayLabels" -}}
+{{ include "servegate.commonLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/*
+The labels the operator puts on every gateway pod and Service it creates (fixed in
+servegate_operator.render.labels.gateway_selector, whatever nameOverride says).
+*/}}
+{{- define "servegate.gatewaySelector" -}}
+app.kubernetes.io/name: servegate
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/*
+The operator's image: repository:tag, the tag defaulting to the chart's appVersion.
+*/}}
+{{- define "servegate.image" -}}
+{{- $image := .Values.operator.image }}
+{{- printf "%s:%s" $image.repository (default .Chart.AppVersion $image.tag) }}
+{{- end }}
+
+{{/*
+The gateway's image: each part defaults to the operator's (one image, two roles).
+*/}}
+{{- define "servegate.gatewayImage" -}}
+{{- $operator := .Values.operator.image }}
+{{- $gateway := .Values.gateway.image }}
+{{- $repository := default $operator.repository $gateway.repository }}
+{{- $tag := default (default .Chart.AppVersion $operator.tag) $gateway.tag }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/*
+The operator's ServiceAccount name.
+*/}}
+{{- define "servegate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "servegate.operatorName" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The kopf peering object's name (the operator's --peering flag).
+*/}}
+{{- define "servegate.peeringName" -}}
+{{- include "servegate.fullname" . }}
+{{- end }}
+
+{{/*
+The namespaces whose gateway pods get an ingress NetworkPolicy.
+*/}}
+{{- define "servegate.networkPolicyNamespaces" -}}
+{{- $namespaces := .Values.networkPolicy.gateway.namespaces }}
+{{- if not $namespaces }}
+{{- $namespaces = .Values.watchNamespaces }}
+{{- end }}
+{{- toJson $namespaces }}
+{{- end }}
+
+{{/*
+Checks the schema cannot express (relations between values); they fail the install with
+the reason. Included once, from the operator's Deployment.
+*/}}
+{{- define "servegate.validate" -}}
+{{- $operator := .Values.operator }}
+{{- $gateway := .Values.gateway }}
+{{- if gt (int $operator.replicas) 1 }}
+{{- fail (printf "operator.replicas=%d: kopf has no leader election and pauses every operator that sees a live peer of the same priority, so several replicas would all stop; keep 1" (int $operator.replicas)) }}
+{{- end }}
+{{- if and $gateway.hpa.enabled (le (int $gateway.hpa.maxReplicas) (int $gateway.replicas)) }}
+{{- fail (printf "gateway.hpa.maxReplicas (%d) must be greater than gateway.replicas (%d), the HPA's minimum" (int $gateway.hpa.maxReplicas) (int $gateway.replicas)) }}
+{{- end }}
+{{- if and (ge (int $gateway.replicas) 2) (ge (int $gateway.pdb.minAvailable) (int $gateway.replicas)) }}
+{{- fail (printf "gateway.pdb.minAvailable (%d) must be lower than gateway.replicas (%d), or the gateway's PodDisruptionBudget blocks every node drain" (int $gateway.pdb.minAvailable) (int $gateway.replicas)) }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (not .Values.watchNamespaces) (not .Values.networkPolicy.gateway.namespaces) }}
+{{- fail "networkPolicy.enabled in cluster-wide mode (watchNamespaces empty): list the namespaces whose gateway to protect in networkPolicy.gateway.namespaces (NetworkPolicies are namespaced)" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The rules on ServingEndpoints and the objects the operator owns: the same in the
+cluster-wide ClusterRole and in each watched namespace's Role.
+*/}}
+{{- define "servegate.endpointRules" -}}
+# The resource it reconciles (patch: kopf's finalizer and bookkeeping annotations).
+- apiGroups: [servegate.io]
+  resources: [servingendpoints]
+  verbs: [list, watch, patch]
+- apiGroups: [servegate.io]
+  resources: [servingendpoints/status]
+  verbs: [patch]
+# Owned objects are written by server-side apply, which Kubernetes authorizes as patch,
+# and also as create when the object does not exist yet.
+# Secrets: read the referenced keys (existence only); apply the owned plaintext Secret.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, patch]
+# Per-endpoint config (get: an invalid spec keeps its last good config).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
+# The shared gateway; PDB and HPA are deleted when turned off.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create, patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [create, patch]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [create, patch, delete]
+{{- end }}

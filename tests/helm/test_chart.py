@@ -1,0 +1,909 @@
+"""The Helm chart, rendered by the real Helm engine (helm-python-sdk wraps Helm's Go SDK).
+
+Each install shape (defaults, every option on, namespaced, standalone) renders objects that
+Kubernetes' own schemas accept, for the oldest Kubernetes the chart supports and newer ones;
+its values schema rejects bad values with the path of the mistake; its RBAC is the operator's
+tested ClusterRole; its operator command and environment are what the operator's code
+parses; and deploy/ is exactly the chart's default install.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import helm_python
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from servegate_operator import main as operator_main
+from servegate_operator.main import build_parser
+from servegate_operator.render.gateway import render_deployment, render_service
+from servegate_operator.render.labels import gateway_selector
+from servegate_operator.settings import GatewayDefaults, settings_from_env
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "servegate"
+RELEASE = "servegate"
+NAMESPACE = "servegate-system"
+# The chart's minimum (Chart.yaml kubeVersion), a recent one, and the newest known here.
+KUBE_VERSIONS = ("1.27", "1.33", "1.37")
+CUSTOM_KINDS = {"ClusterKopfPeering", "KopfPeering", "ServiceMonitor"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "Namespace"}
+
+ALL_FEATURES: dict[str, Any] = {
+    "operator": {
+        "logLevel": "DEBUG",
+        "logFormat": "plain",
+        "reconcileInterval": 30,
+        "imagePullSecrets": [{"name": "ghcr"}],
+        "podAnnotations": {"example.com/owner": "platform"},
+        "podLabels": {"team": "platform"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        "priorityClassName": "system-cluster-critical",
+    },
+    "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/sg"}},
+    "gateway": {
+        "image": {"repository": "registry.example.com/servegate", "tag": "0.1.0-rc1"},
+        "replicas": 3,
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "hpa": {"enabled": True, "maxReplicas": 8, "cpuUtilization": 60},
+        "pdb": {"minAvailable": 2},
+        "service": {
+            "type": "LoadBalancer",
+            "annotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
+        },
+        "podAnnotations": {"prometheus.io/scrape": "true"},
+        "authSecret": "servegate-auth",
+        "redisUrl": "rediss://:secret@redis.cache.svc:6380/0",
+    },
+    "networkPolicy": {
+        "enabled": True,
+        "gateway": {
+            "namespaces": ["team-a", "team-b"],
+            "from": [
+                {"podSelector": {}},
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    }
+                },
+            ],
+        },
+        "operator": {"apiServerCidrs": ["10.96.0.1/32", "172.18.0.2/32"]},
+    },
+    "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}, "interval": "15s"},
+}
+NAMESPACED: dict[str, Any] = {"watchNamespaces": ["team-a", "team-b"]}
+
+
+def merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "all-features": ALL_FEATURES,
+    "namespaced": NAMESPACED,
+    "namespaced-all-features": merged(
+        ALL_FEATURES, NAMESPACED, {"networkPolicy": {"gateway": {"namespaces": []}}}
+    ),
+    "standalone": {"operator": {"peering": {"enabled": False}}},
+}
+
+
+@functools.cache
+def chart() -> helm_python.Chart:
+    return helm_python.Chart.load(CHART)
+
+
+def render_raw(
+    values: dict[str, Any], name: str = RELEASE, namespace: str = NAMESPACE
+) -> dict[str, str]:
+    return chart().render(values, name=name, namespace=namespace)
+
+
+def render(
+    values: dict[str, Any], name: str = RELEASE, namespace: str = NAMESPACE
+) -> list[dict[str, Any]]:
+    """Every object the chart installs (templates only: crds/ are not rendered)."""
+    return [
+        doc
+        for path, text in sorted(render_raw(values, name, namespace).items())
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+@functools.cache
+def rendered(scenario: str) -> tuple[dict[str, Any], ...]:
+    return tuple(render(SCENARIOS[scenario]))
+
+
+def objects(scenario: str, kind: str) -> list[dict[str, Any]]:
+    return [copy.deepcopy(o) for o in rendered(scenario) if o["kind"] == kind]
+
+
+def one(scenario: str, kind: str) -> dict[str, Any]:
+    (found,) = objects(scenario, kind)
+    return found
+
+
+def container(scenario: str) -> dict[str, Any]:
+    (operator,) = one(scenario, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return operator
+
+
+def env_of(scenario: str) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(scenario)["env"] if "value" in e}
+
+
+def crds() -> list[dict[str, Any]]:
+    return [
+        doc for crd in chart().crds for doc in yaml.safe_load_all(crd["data"]) if doc is not None
+    ]
+
+
+def expanded(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) triples, as the operator's RBAC test counts them."""
+    return {
+        (group, resource, verb)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def load_render_deploy() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "render_deploy", REPO / "scripts" / "render-deploy.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["render_deploy"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def helm_error(values: dict[str, Any]) -> str:
+    with pytest.raises(helm_python.HelmError) as caught:
+        render_raw(values)
+    return str(caught.value)
+
+
+# ---------------------------------------------------------------------------------- lint
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_lint_is_clean(scenario: str) -> None:
+    report = helm_python.lint(
+        CHART, SCENARIOS[scenario], strict=True, namespace=NAMESPACE, kube_version="v1.27.0"
+    )
+    assert report["errors"] == []
+    # The one finding, info level: Chart.yaml has no icon (the project publishes none).
+    assert [(m["severity"], m["error"]) for m in report["messages"]] == [(1, "icon is recommended")]
+
+
+def test_chart_metadata() -> None:
+    metadata = chart().metadata
+    assert metadata["apiVersion"] == "v2"
+    assert (metadata["name"], metadata["version"], metadata["appVersion"]) == (
+        "servegate",
+        "0.1.0",
+        "0.1.0",
+    )
+    assert metadata["kubeVersion"] == ">=1.27.0-0"
+    assert metadata["description"] and metadata["home"] and metadata["sources"]
+    assert metadata["appVersion"] == importlib.metadata.version("servegate")
+
+
+# ---------------------------------------------------------------- Kubernetes' schemas
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_rendered_object_is_valid_kubernetes(scenario: str, version: str) -> None:
+    builtin = [o for o in rendered(scenario) if o["kind"] not in CUSTOM_KINDS]
+    assert {o["kind"] for o in builtin} >= {"Deployment", "ServiceAccount", "ClusterRole"}
+    for obj in builtin:
+        kubernetes_validate.validate(obj, version, strict=True)
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", obj["metadata"]["name"])
+        # Every namespaced object names its namespace, so deploy/ applies anywhere.
+        assert ("namespace" in obj["metadata"]) == (obj["kind"] not in CLUSTER_SCOPED), obj
+
+
+def test_strict_validation_is_not_a_no_op() -> None:
+    deployment = one("defaults", "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUsr"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[0], strict=True)
+
+
+def test_the_optional_objects_appear_only_when_enabled() -> None:
+    kinds = {scenario: sorted(o["kind"] for o in rendered(scenario)) for scenario in SCENARIOS}
+    assert kinds["defaults"] == [
+        "ClusterKopfPeering",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "PodDisruptionBudget",
+        "ServiceAccount",
+    ]
+    assert kinds["all-features"] == sorted(
+        [*kinds["defaults"], "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "ServiceMonitor"]
+    )
+    assert kinds["namespaced"] == sorted(
+        [
+            *("ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget"),
+            *("ServiceAccount", "Role", "Role", "RoleBinding", "RoleBinding"),
+            *("KopfPeering", "KopfPeering"),
+        ]
+    )
+    assert "ClusterKopfPeering" not in kinds["standalone"]
+
+
+# ------------------------------------------------------------------------------- CRDs
+
+
+def structural_problems(node: dict[str, Any], path: str, in_junctor: bool = False) -> list[str]:
+    """Kubernetes' structural-schema rules (apiextensions v1), as far as a CRD file shows them."""
+    problems = []
+    special = node.get("x-kubernetes-int-or-string") or node.get(
+        "x-kubernetes-preserve-unknown-fields"
+    )
+    if in_junctor:
+        forbidden = {"description", "type", "default", "additionalProperties", "nullable"}
+        problems += [f"{path}: '{key}' inside a junctor" for key in forbidden & node.keys()]
+    elif "type" not in node and not special:
+        problems.append(f"{path}: no type")
+    if "properties" in node and isinstance(node.get("additionalProperties"), dict):
+        problems.append(f"{path}: both properties and additionalProperties")
+    for key, child in node.get("properties", {}).items():
+        problems += structural_problems(child, f"{path}.{key}", in_junctor)
+    if isinstance(node.get("additionalProperties"), dict):
+        problems += structural_problems(node["additionalProperties"], f"{path}.*", in_junctor)
+    if isinstance(node.get("items"), dict):
+        problems += structural_problems(node["items"], f"{path}[]", in_junctor)
+    for junctor in ("allOf", "anyOf", "oneOf"):
+        for index, child in enumerate(node.get(junctor, [])):
+            problems += structural_problems(child, f"{path}.{junctor}[{index}]", True)
+    if "not" in node:
+        problems += structural_problems(node["not"], f"{path}.not", True)
+    return problems
+
+
+def test_crds_are_valid_structural_apiextensions_v1() -> None:
+    found = {crd["metadata"]["name"]: crd for crd in crds()}
+    assert set(found) == {
+        "servingendpoints.servegate.io",
+        "kopfpeerings.kopf.dev",
+        "clusterkopfpeerings.kopf.dev",
+    }
+    assert found["kopfpeerings.kopf.dev"]["spec"]["scope"] == "Namespaced"
+    assert found["clusterkopfpeerings.kopf.dev"]["spec"]["scope"] == "Cluster"
+    for crd in found.values():
+        assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(crd, version, strict=True)
+        for served in crd["spec"]["versions"]:
+            schema = served["schema"]["openAPIV3Schema"]
+            assert structural_problems(schema, crd["metadata"]["name"]) == []
+            metadata = schema["properties"].get("metadata", {})
+            assert set(metadata.get("properties", {})) <= {"name", "generateName"}
+
+
+def test_the_crd_files_are_the_single_sources() -> None:
+    for name in ("servingendpoints.servegate.io.yaml", "kopf-peering.yaml"):
+        assert (CHART / "crds" / name).read_bytes() == (
+            REPO / "deploy" / "crds" / name
+        ).read_bytes()
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(
+        p.name for p in (REPO / "deploy" / "crds").iterdir()
+    )
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "namespaced"])
+def test_peering_objects_match_their_crds(scenario: str) -> None:
+    schemas = {
+        crd["spec"]["names"]["kind"]: (crd["spec"]["scope"], crd["spec"]["versions"][0])
+        for crd in crds()
+    }
+    peerings = [o for o in rendered(scenario) if o["kind"] in {"ClusterKopfPeering", "KopfPeering"}]
+    assert peerings
+    for obj in peerings:
+        scope, version = schemas[obj["kind"]]
+        assert obj["apiVersion"] == f"kopf.dev/{version['name']}"
+        jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"]).validate(obj)
+        assert ("namespace" in obj["metadata"]) == (scope == "Namespaced")
+        assert obj["metadata"]["name"] == RELEASE  # the operator's --peering name
+
+
+# A strict subset of monitoring.coreos.com/v1 ServiceMonitor (prometheus-operator's CRD):
+# the fields the chart sets, with the CRD's own types and duration pattern.
+DURATION = (
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
+STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "properties": {"labels": STRING_MAP},
+        },
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": STRING_MAP},
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": DURATION},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def test_service_monitor_scrapes_every_gateway_service() -> None:
+    monitor = one("all-features", "ServiceMonitor")
+    jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA).validate(monitor)
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+    ]
+    # The operator's own gateway Service carries the labels and the port the monitor names.
+    service = render_service("team-a", GatewayDefaults())
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector == gateway_selector()
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert "http" in {port["name"] for port in service["spec"]["ports"]}
+
+    namespaced = one("namespaced-all-features", "ServiceMonitor")
+    jsonschema.Draft7Validator(SERVICE_MONITOR_SCHEMA).validate(namespaced)
+    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+# --------------------------------------------------------------------------- values schema
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_values_schema_accepts_the_documented_values(scenario: str) -> None:
+    chart().validate_schema(SCENARIOS[scenario])
+
+
+def test_values_yaml_matches_the_schema_and_is_commented() -> None:
+    text = (CHART / "values.yaml").read_text()
+    chart().validate_schema(yaml.safe_load(text))
+    assert text.count("\n#") + text.count("  # ") > 40
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"operator": {"replicas": -1}}, "at '/operator/replicas': minimum: got -1, want 1"),
+        ({"operator": {"replicas": "1"}}, "at '/operator/replicas': got string, want integer"),
+        ({"operator": {"replicas": 2}}, "at '/operator/replicas': maximum: got 2, want 1"),
+        ({"gateway": {"replicas": 0}}, "at '/gateway/replicas': minimum: got 0, want 1"),
+        ({"gateway": {"replicas": 1.5}}, "at '/gateway/replicas': got number, want integer"),
+        (
+            {"gateway": {"hpa": {"enabled": "yes"}}},
+            "at '/gateway/hpa/enabled': got string, want boolean",
+        ),
+        ({"gateway": {"hpa": {"cpuUtilization": 150}}}, "maximum: got 150, want 100"),
+        ({"gateway": {"pdb": {"minAvailable": -1}}}, "at '/gateway/pdb/minAvailable': minimum"),
+        (
+            {"gateway": {"service": {"type": "ExternalName"}}},
+            "at '/gateway/service/type': value must be one of 'ClusterIP', 'NodePort', 'LoadBalancer'",
+        ),
+        (
+            {"gateway": {"image": {"pullPolicy": "Sometimes"}}},
+            "at '/gateway/image/pullPolicy': value must be one of",
+        ),
+        ({"gateway": {"replica": 2}}, "at '/gateway': additional properties 'replica' not allowed"),
+        (
+            {"gateway": {"hpa": {"minReplicas": 2}}},
+            "at '/gateway/hpa': additional properties 'minReplicas' not allowed",
+        ),
+        ({"replicas": 2}, "at '': additional properties 'replicas' not allowed"),
+        (
+            {"gateway": {"redisUrl": "http://redis:6379"}},
+            "at '/gateway/redisUrl': 'http://redis:6379' does not match pattern",
+        ),
+        (
+            {"gateway": {"podAnnotations": {"a": 1}}},
+            "at '/gateway/podAnnotations/a': got number, want string",
+        ),
+        (
+            {"gateway": {"resources": {"requests": {"cpu": "lots"}}}},
+            "at '/gateway/resources/requests/cpu'",
+        ),
+        (
+            {"gateway": {"resources": {"request": {}}}},
+            "additional properties 'request' not allowed",
+        ),
+        ({"watchNamespaces": "team-a"}, "at '/watchNamespaces': got string, want array"),
+        (
+            {"watchNamespaces": ["Team_A"]},
+            "at '/watchNamespaces/0': 'Team_A' does not match pattern",
+        ),
+        ({"watchNamespaces": ["a", "a"]}, "at '/watchNamespaces': items at 0 and 1 are equal"),
+        ({"operator": {"logLevel": "TRACE"}}, "at '/operator/logLevel': value must be one of"),
+        ({"operator": {"logFormat": "xml"}}, "at '/operator/logFormat': value must be one of"),
+        (
+            {"operator": {"reconcileInterval": 0}},
+            "at '/operator/reconcileInterval': exclusiveMinimum",
+        ),
+        (
+            {"networkPolicy": {"operator": {"apiServerPorts": [70000]}}},
+            "maximum: got 70,000, want 65,535",
+        ),
+        (
+            {"networkPolicy": {"gateway": {"from": [{"podSelectors": {}}]}}},
+            "additional properties 'podSelectors' not allowed",
+        ),
+        (
+            {"serviceMonitor": {"interval": "often"}},
+            "at '/serviceMonitor/interval': 'often' does not match pattern",
+        ),
+    ],
+)
+def test_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as caught:
+        chart().validate_schema(values)
+    assert message in str(caught.value)
+    assert message in helm_error(values)  # an install fails the same way
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"gateway": {"hpa": {"enabled": True, "maxReplicas": 2}}},
+            "gateway.hpa.maxReplicas (2) must be greater than gateway.replicas (2)",
+        ),
+        (
+            {"gateway": {"replicas": 2, "pdb": {"minAvailable": 2}}},
+            "gateway.pdb.minAvailable (2) must be lower than gateway.replicas (2)",
+        ),
+        (
+            {"networkPolicy": {"enabled": True}},
+            "list the namespaces whose gateway to protect in networkPolicy.gateway.namespaces",
+        ),
+        (
+            {"serviceAccount": {"create": False}},
+            "serviceAccount.name is required when serviceAccount.create is false",
+        ),
+    ],
+)
+def test_relations_between_values_fail_the_install_with_the_reason(
+    values: dict[str, Any], message: str
+) -> None:
+    chart().validate_schema(values)  # each value alone is fine
+    assert message in helm_error(values)
+
+
+# ------------------------------------------------------------------------------------ RBAC
+
+
+def test_clusterwide_rbac_is_the_operator_tested_cluster_role() -> None:
+    """deploy/operator/*.yaml holds the ClusterRole tests/operator checks against the
+    operator's real API calls; the chart's default install grants exactly that."""
+    deployed = [
+        doc
+        for path in sorted((REPO / "deploy" / "operator").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and doc["kind"] == "ClusterRole"
+    ]
+    (role,) = deployed
+    chart_role = one("defaults", "ClusterRole")
+    assert chart_role["rules"] == role["rules"]
+    assert ("kopf.dev", "clusterkopfpeerings", "patch") in expanded(chart_role["rules"])
+    binding = one("defaults", "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == chart_role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "servegate-operator", "namespace": NAMESPACE}
+    ]
+    assert one("defaults", "ServiceAccount")["metadata"]["name"] == "servegate-operator"
+    # Each rule keeps its comment in the template (and so in deploy/).
+    template = (CHART / "templates" / "rbac.yaml").read_text()
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    for comment in (
+        "# kopf: discover the CRD, coordinate replicas, post Events.",
+        "# The resource it reconciles",
+        "# Secrets: read the referenced keys",
+        "# Per-endpoint config",
+        "# The shared gateway; PDB and HPA are deleted when turned off.",
+    ):
+        assert comment in template + helpers
+        assert comment in (REPO / "deploy" / "operator" / "servegate.yaml").read_text()
+
+
+def test_namespaced_rbac_grants_the_same_calls_per_namespace() -> None:
+    clusterwide = expanded(one("defaults", "ClusterRole")["rules"])
+    small = one("namespaced", "ClusterRole")
+    assert expanded(small["rules"]) == {
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+    }
+    roles = {r["metadata"]["namespace"]: r for r in objects("namespaced", "Role")}
+    assert set(roles) == {"team-a", "team-b"}
+    for role in roles.values():
+        granted = expanded(role["rules"]) | expanded(small["rules"])
+        peering = {"list", "watch", "patch"}
+        assert granted == (
+            {t for t in clusterwide if t[1] != "clusterkopfpeerings"}
+            | {("kopf.dev", "kopfpeerings", verb) for verb in peering}
+            | {("", "namespaces", "list"), ("", "namespaces", "watch")}
+        )
+    bindings = {b["metadata"]["namespace"]: b for b in objects("namespaced", "RoleBinding")}
+    assert set(bindings) == set(roles)
+    for namespace, binding in bindings.items():
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[namespace]["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "servegate-operator", "namespace": NAMESPACE}
+        ]
+
+
+def test_standalone_grants_no_peering() -> None:
+    rules = expanded(one("standalone", "ClusterRole")["rules"])
+    assert rules == {
+        t for t in expanded(one("defaults", "ClusterRole")["rules"]) if t[0] != "kopf.dev"
+    }
+    namespaced = render(merged(NAMESPACED, SCENARIOS["standalone"]))
+    assert not [o for o in namespaced if o["kind"] in {"KopfPeering", "ClusterKopfPeering"}]
+    for role in (o for o in namespaced if o["kind"] == "Role"):
+        assert not [t for t in expanded(role["rules"]) if t[0] == "kopf.dev"]
+
+
+# ------------------------------------------------------------------------ the operator pod
+
+
+@pytest.mark.parametrize(
+    ("scenario", "namespaces", "peering"),
+    [
+        ("defaults", [], RELEASE),
+        ("all-features", [], RELEASE),
+        ("namespaced", ["team-a", "team-b"], RELEASE),
+        ("standalone", [], None),
+    ],
+)
+def test_operator_command_is_what_the_operator_parses(
+    scenario: str, namespaces: list[str], peering: str | None
+) -> None:
+    command = container(scenario)["command"]
+    assert command[:2] == ["servegate", "operator"]
+    args = build_parser().parse_args(command[2:])
+    assert args.namespace == namespaces
+    assert args.all_namespaces is (not namespaces)
+    assert args.standalone is (peering is None)
+    if peering is not None:
+        assert args.peering == peering
+    assert args.liveness == "http://0.0.0.0:8081/healthz"
+    assert args.log_level == ("DEBUG" if scenario == "all-features" else "INFO")
+    assert args.log_format == ("plain" if scenario == "all-features" else "json")
+    assert "args" not in container(scenario)
+
+
+def test_servegate_console_script_runs_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`servegate` is a console script of the installed distribution, and `servegate
+    operator ARGS` hands ARGS to the operator's own parser."""
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="servegate")
+    assert script.dist is not None and script.dist.name == "servegate"
+    received: list[list[str]] = []
+
+    def fake_operator_main(argv: list[str]) -> int:
+        received.append(list(argv))
+        return 0
+
+    monkeypatch.setattr(operator_main, "main", fake_operator_main)
+    command = container("namespaced")["command"]
+    assert script.load()(command[1:]) == 0
+    assert received == [command[2:]]
+
+
+def test_operator_pod_is_locked_down() -> None:
+    pod = one("defaults", "Deployment")["spec"]["template"]["spec"]
+    (operator,) = pod["containers"]
+    security = operator["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    mounts = {m["mountPath"]: m["name"] for m in operator["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    # The liveness probe polls the endpoint the --liveness flag opens.
+    for probe in (operator["livenessProbe"], operator["startupProbe"]):
+        assert probe["httpGet"] == {"path": "/healthz", "port": 8081}
+    assert operator["resources"]["limits"]["memory"]
+    assert operator["image"] == "ghcr.io/servegate/servegate:0.1.0"
+    deployment = one("defaults", "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert pod["serviceAccountName"] == "servegate-operator"
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    # It never selects the gateways' pods (same app name, another component).
+    assert not selector.items() <= gateway_selector().items()
+    budget = one("defaults", "PodDisruptionBudget")
+    assert budget["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "all-features"])
+def test_gateway_values_reach_the_operator_settings(scenario: str) -> None:
+    """The environment the chart sets is parsed by the operator's own settings code into
+    the gateway defaults the values describe."""
+    values = chart().merge_values(SCENARIOS[scenario])
+    gateway_values = values["gateway"]
+    settings = settings_from_env(env_of(scenario))
+    gateway = settings.gateway
+    image = gateway_values["image"]
+    expected_image = (
+        f"{image['repository']}:{image['tag']}"
+        if image["repository"]
+        else "ghcr.io/servegate/servegate:0.1.0"
+    )
+    assert gateway.image == expected_image
+    assert gateway.image_pull_policy == image["pullPolicy"]
+    assert gateway.replicas == gateway_values["replicas"]
+    assert gateway.resources == gateway_values["resources"]
+    assert gateway.service_type == gateway_values["service"]["type"]
+    assert gateway.service_annotations == gateway_values["service"]["annotations"]
+    assert gateway.pod_annotations == gateway_values["podAnnotations"]
+    hpa = gateway_values["hpa"]
+    assert gateway.hpa_max_replicas == (hpa["maxReplicas"] if hpa["enabled"] else 0)
+    assert gateway.hpa_cpu_utilization == hpa["cpuUtilization"]
+    assert gateway.pdb_min_available == gateway_values["pdb"]["minAvailable"]
+    assert gateway.auth_secret == (gateway_values["authSecret"] or None)
+    assert settings.reconcile_interval_s == values["operator"]["reconcileInterval"]
+    assert env_of(scenario)["SERVEGATE_GATEWAY_REDIS_URL"] == gateway_values["redisUrl"]
+    pod_id = next(e for e in container(scenario)["env"] if e["name"] == "POD_ID")
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_gateway_image_defaults_to_the_operator_image() -> None:
+    values = {"operator": {"image": {"repository": "mirror.example.com/sg", "tag": "9.9.9"}}}
+    (deployment,) = [o for o in render(values) if o["kind"] == "Deployment"]
+    (operator,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert operator["image"] == env["SERVEGATE_GATEWAY_IMAGE"] == "mirror.example.com/sg:9.9.9"
+
+
+# ------------------------------------------------------------------------ NetworkPolicies
+
+
+def test_network_policies_guard_the_gateways_and_the_operator_egress() -> None:
+    policies = {
+        (p["metadata"]["namespace"], p["metadata"]["name"]): p
+        for p in objects("all-features", "NetworkPolicy")
+    }
+    assert set(policies) == {
+        (NAMESPACE, "servegate-operator"),
+        ("team-a", "servegate-gateway"),
+        ("team-b", "servegate-gateway"),
+    }
+    operator = policies[NAMESPACE, "servegate-operator"]["spec"]
+    assert operator["policyTypes"] == ["Egress"]
+    assert operator["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert operator["egress"] == [
+        {
+            "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}],
+            "to": [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "172.18.0.2/32"}}],
+        }
+    ]
+    # The operator's gateway pods carry the selected labels and name the allowed port.
+    gateway_pod = render_deployment("team-a", [], GatewayDefaults())["spec"]["template"]
+    ports = {p["name"] for c in gateway_pod["spec"]["containers"] for p in c["ports"]}
+    for namespace in ("team-a", "team-b"):
+        policy = policies[namespace, "servegate-gateway"]
+        assert policy["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        assert spec["podSelector"]["matchLabels"] == gateway_selector()
+        assert gateway_selector().items() <= gateway_pod["metadata"]["labels"].items()
+        (rule,) = spec["ingress"]
+        assert rule["from"] == ALL_FEATURES["networkPolicy"]["gateway"]["from"]
+        assert [p["port"] for p in rule["ports"]] == ["http"] and "http" in ports
+    # Namespaced mode: the watched namespaces by default.
+    namespaced = objects("namespaced-all-features", "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in namespaced) == [NAMESPACE, "team-a", "team-b"]
+
+
+# ------------------------------------------------------------------- names and namespaces
+
+
+def test_names_follow_the_release_and_the_overrides() -> None:
+    def names(values: dict[str, Any], release: str) -> tuple[str, str, str]:
+        """(operator Deployment, peering object, app.kubernetes.io/name label)."""
+        objs = render(values, name=release, namespace="apps")
+        assert {o["metadata"].get("namespace", "apps") for o in objs} == {"apps"}
+        deployment = next(o for o in objs if o["kind"] == "Deployment")
+        peering = next(o for o in objs if o["kind"] == "ClusterKopfPeering")
+        (operator,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = build_parser().parse_args(operator["command"][2:])
+        assert args.peering == peering["metadata"]["name"]
+        labels = deployment["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == release
+        return (
+            deployment["metadata"]["name"],
+            peering["metadata"]["name"],
+            labels["app.kubernetes.io/name"],
+        )
+
+    assert names({}, "prod") == ("prod-servegate-operator", "prod-servegate", "servegate")
+    assert names({}, "servegate-prod") == ("servegate-prod-operator", "servegate-prod", "servegate")
+    assert names({"fullnameOverride": "llm"}, "prod") == ("llm-operator", "llm", "servegate")
+    assert names({"nameOverride": "gw"}, "prod") == ("prod-gw-operator", "prod-gw", "gw")
+    labels = one("defaults", "Deployment")["metadata"]["labels"]
+    assert labels["helm.sh/chart"] == "servegate-0.1.0"
+    assert labels["app.kubernetes.io/managed-by"] == "Helm"
+    assert labels["app.kubernetes.io/version"] == "0.1.0"
+
+
+def test_templates_hard_code_no_namespace() -> None:
+    for template in (CHART / "templates").iterdir():
+        text = template.read_text()
+        assert "servegate-system" not in text, template
+        for line in text.splitlines():
+            if line.strip().startswith("namespace:"):
+                assert "{{" in line, (template.name, line)
+
+
+# --------------------------------------------------------------------------------- NOTES
+
+
+def notes(values: dict[str, Any]) -> str:
+    (text,) = [t for p, t in render_raw(values).items() if p.endswith("NOTES.txt")]
+    return text
+
+
+def test_notes_take_the_user_to_a_first_query() -> None:
+    text = notes({})
+    for step in (
+        "kubectl create secret generic openai -n default",
+        "examples/embeddings.yaml | kubectl apply -n default -f -",
+        "kubectl get servingendpoints -n default -w",
+        "kubectl port-forward svc/servegate-gateway -n default 8080:80",
+        "curl -s http://127.0.0.1:8080/serving-endpoints/embeddings/invocations",
+        'OpenAI(base_url="http://127.0.0.1:8080/serving-endpoints"',
+        "in-cluster callers are NOT authenticated",
+        "{{secrets/openai/api_key}}",
+    ):
+        assert step in text
+    namespaced = notes(merged(NAMESPACED, {"gateway": {"authSecret": "auth"}}))
+    assert "watches the namespaces: team-a, team-b" in namespaced
+    assert "kubectl port-forward svc/servegate-gateway -n team-a 8080:80" in namespaced
+    assert "Authorization: Bearer" in namespaced and "NOT authenticated" not in namespaced
+
+
+# ------------------------------------------------------------------------------- deploy/
+
+
+@pytest.fixture(scope="module")
+def render_deploy() -> Iterator[ModuleType]:
+    yield load_render_deploy()
+    sys.modules.pop("render_deploy", None)
+
+
+def test_deploy_is_the_charts_default_install(render_deploy: ModuleType) -> None:
+    """deploy/ equals a fresh render (else: python scripts/render-deploy.py)."""
+    for path, text in render_deploy.expected_files().items():
+        assert path.read_text() == text, f"{path} is stale: run python scripts/render-deploy.py"
+    assert render_deploy.main(["--check"]) == 0
+    assert sorted(p.name for p in (REPO / "deploy" / "operator").iterdir()) == ["servegate.yaml"]
+    docs = [d for d in yaml.safe_load_all(render_deploy.OPERATOR_MANIFEST.read_text()) if d]
+    assert docs[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": NAMESPACE,
+            "labels": {
+                "app.kubernetes.io/part-of": "servegate",
+                "pod-security.kubernetes.io/enforce": "restricted",
+            },
+        },
+    }
+    assert docs[1:] == sorted(
+        rendered("defaults"), key=lambda o: render_deploy.install_order(o["kind"])
+    )
+    text = render_deploy.OPERATOR_MANIFEST.read_text()
+    assert text.startswith("# Generated from the Helm chart helm/servegate")
+    assert "python scripts/render-deploy.py" in text.splitlines()[2]
+    for version in KUBE_VERSIONS:
+        for doc in docs:
+            if doc["kind"] not in CUSTOM_KINDS:
+                kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_render_deploy_check_reports_a_stale_file(
+    render_deploy: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    stale = tmp_path / "deploy" / "operator" / "servegate.yaml"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("# hand-edited\n")
+    monkeypatch.setattr(render_deploy, "REPO", tmp_path)
+    monkeypatch.setattr(render_deploy, "OPERATOR_MANIFEST", stale)
+    monkeypatch.setattr(render_deploy, "CRD_COPIES", [])
+    assert render_deploy.main(["--check"]) == 1
+    assert "stale: deploy/operator/servegate.yaml" in capsys.readouterr().err
+    assert stale.read_text() == "# hand-edited\n"
+    assert render_deploy.main([]) == 0
+    assert stale.read_text() == render_deploy.operator_manifest()
