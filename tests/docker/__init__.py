@@ -1,0 +1,1 @@
+"""The container image, checked without a Docker engine: the Dockerfile, .dockerignore, the lock."""
