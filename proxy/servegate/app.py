@@ -14,6 +14,7 @@ from servegate.config import ConfigHolder, ConfigSource
 from servegate.ingress.body import MAX_BODY_BYTES
 from servegate.ingress.middleware import add_request_id, gateway_middleware
 from servegate.ingress.routes import setup_routes
+from servegate.policy.limits import OnError, RateLimiter, TokenLimitMode
 from servegate.records.metrics import Metrics
 from servegate.reload import publish_readiness, watcher_context
 from servegate.secretstore import SecretStore
@@ -31,6 +32,10 @@ class GatewaySettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     entra_authority_host: str = DEFAULT_AUTHORITY_HOST
     watch: bool = True
+    redis_url: str | None = None
+    """Shared rate-limit storage for several replicas; None keeps limits in memory."""
+    rate_limit_failure: OnError = "open"
+    token_limit_mode: TokenLimitMode = "cap"
 
 
 async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -56,6 +61,12 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.config_holder] = ConfigHolder(source, source.load())
     app[keys.metrics] = Metrics()
     app[keys.upstream_client] = UpstreamClient(settings.timeouts)
+    app[keys.rate_limiter] = RateLimiter(
+        settings.redis_url,
+        on_error=settings.rate_limit_failure,
+        token_mode=settings.token_limit_mode,
+        on_storage_error=app[keys.metrics].rate_limit_errors.inc,
+    )
     publish_readiness(app)
     app.cleanup_ctx.append(_upstream_client_ctx)
     if settings.watch:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -79,6 +80,26 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="Microsoft Entra ID authority host for azuread endpoints",
     )
     parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("SERVEGATE_REDIS_URL") or None,
+        help="Redis for rate limits shared by several replicas (default: $SERVEGATE_REDIS_URL, "
+        "else in memory)",
+    )
+    parser.add_argument(
+        "--rate-limit-failure",
+        choices=["open", "closed"],
+        default="open",
+        help="when the rate-limit storage is down: let requests through (open, default) or "
+        "refuse them with 503 (closed)",
+    )
+    parser.add_argument(
+        "--token-limit-mode",
+        choices=["cap", "after"],
+        default="cap",
+        help="token limits: cap max_tokens to the room left so answers stop at the budget "
+        "(default), or only charge usage after the answer",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +159,9 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         timeouts=Timeouts(args.connect_timeout, args.first_byte_timeout, args.idle_timeout),
         entra_authority_host=args.entra_authority_host,
         watch=not args.no_watch,
+        redis_url=args.redis_url,
+        rate_limit_failure=args.rate_limit_failure,
+        token_limit_mode=args.token_limit_mode,
     )
 
 

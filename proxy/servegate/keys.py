@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from servegate.auth.callers import AuthHolder, Principal
+from servegate.canonical.usage import Usage
 from servegate.config import ConfigHolder
+from servegate.policy.limits import RateLimiter
 from servegate.records.metrics import Metrics
 from servegate.transport.client import UpstreamClient
 
@@ -19,12 +21,14 @@ class AccessInfo:
     endpoint: str = "-"
     entity: str = "-"
     stream: bool = False
+    usage: Usage | None = None
 
 
 config_holder = web.AppKey("config_holder", ConfigHolder)
 auth_holder = web.AppKey("auth_holder", AuthHolder)
 upstream_client = web.AppKey("upstream_client", UpstreamClient)
 metrics = web.AppKey("metrics", Metrics)
+rate_limiter = web.AppKey("rate_limiter", RateLimiter)
 
 principal = web.RequestKey("principal", Principal)
 request_id = web.RequestKey("request_id", str)

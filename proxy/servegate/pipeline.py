@@ -1,8 +1,10 @@
 """The one query path, stage by stage. Each stage lives in its own module; this file only
 calls them in order:
 
-    endpoint lookup → body validation (task) → routing (split or named entity, then
-    fallback order) → per attempt: provider translation → transport → response or stream
+    endpoint lookup → body validation (task) → rate limits (calls counted, token room
+    checked, ``max_tokens`` capped to it) → routing (split or named entity, then fallback
+    order) → per attempt: provider translation → transport → response or stream
+    → tokens charged
 
 Authentication ran before this, in the middleware (``ingress/middleware.py``).
 """
@@ -18,9 +20,10 @@ from aiohttp import web
 
 from servegate import keys
 from servegate.canonical.requests import QueryRequest, parse_query
-from servegate.canonical.usage import Usage
+from servegate.canonical.usage import Usage, estimate_tokens
 from servegate.config import EndpointRuntime, EntityRuntime, RuntimeConfig
 from servegate.ingress.errors import BadRequest, EndpointNotReady, GatewayError, NotFound
+from servegate.policy.limits import RateLimited
 from servegate.routing.fallback import attempt_order, falls_back
 from servegate.spec.endpoint import Task
 from servegate.streaming.relay import relay_stream
@@ -73,6 +76,30 @@ async def answer_query(
         )
     query = parse_query(endpoint.task, body)
     access.stream = query.stream
+    limiter = app[keys.rate_limiter]
+    try:
+        admission = await limiter.admit(endpoint.name, endpoint.spec, request[keys.principal])
+    except RateLimited:
+        app[keys.metrics].rate_limited.labels(endpoint.name).inc()
+        raise
+    prompt_tokens = estimate_tokens(query.prompt_characters())
+    cap = await limiter.cap(admission, prompt_tokens)
+    if cap is not None and query.task != Task.EMBEDDINGS:
+        query = query.with_max_tokens(cap)
+    try:
+        return await _answer(request, endpoint, entity_name, query)
+    finally:
+        if admission is not None and admission.token_buckets:
+            usage = access.usage
+            spent = usage.total_tokens if usage is not None else prompt_tokens
+            await limiter.charge(admission, spent)
+
+
+async def _answer(
+    request: web.Request, endpoint: EndpointRuntime, entity_name: str | None, query: QueryRequest
+) -> web.StreamResponse:
+    """Routing: the chosen entity, then (with fallback enabled) the others in order."""
+    app, access = request.app, request[keys.access]
     order = _attempts(endpoint, entity_name)
     deadline = time.monotonic() + app[keys.upstream_client].timeouts.first_byte
     for entity, following in itertools.pairwise(order):
@@ -151,6 +178,7 @@ async def _attempt(
         raise
     finally:
         in_flight.dec()
+        request[keys.access].usage = usage
         _observe(app, endpoint, entity, status, time.perf_counter() - started, query.stream, usage)
 
 

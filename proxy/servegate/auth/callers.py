@@ -7,6 +7,7 @@ usable secret::
       - name: ana@example.com
         sha256: 5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8
         groups: [data-science]
+        kind: user              # or service_principal (per-service-principal rate limits)
 
 Per-user rate limits, usage rows and (later) Kubernetes TokenReview all consume the same
 ``Principal``, so another authenticator only has to produce one.
@@ -18,7 +19,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +32,7 @@ class Principal:
     name: str
     groups: frozenset[str] = field(default_factory=frozenset)
     authenticated: bool = True
+    kind: Literal["user", "service_principal"] = "user"
 
 
 ANONYMOUS = Principal(name="anonymous", authenticated=False)
@@ -52,6 +54,7 @@ class _TokenEntry(BaseModel):
     name: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
     groups: list[str] = Field(default_factory=list)
+    kind: Literal["user", "service_principal"] = "user"
 
 
 class _AuthFile(BaseModel):
@@ -81,7 +84,7 @@ class BearerTokenAuthenticator:
             loc = ".".join(str(p) for p in first["loc"])
             raise AuthFileError(f"{path}: {loc}: {first['msg']}") from None
         principals = {
-            entry.sha256.lower(): Principal(entry.name, frozenset(entry.groups))
+            entry.sha256.lower(): Principal(entry.name, frozenset(entry.groups), kind=entry.kind)
             for entry in parsed.tokens
         }
         return cls(principals)

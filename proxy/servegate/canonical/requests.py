@@ -9,7 +9,7 @@ provider accepts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import orjson
@@ -83,6 +83,17 @@ class QueryRequest:
     stream: bool
     client_request_id: str | None = None
     usage_context: dict[str, str] = field(default_factory=dict)
+
+    def prompt_characters(self) -> int:
+        """Characters of the prompt's text (messages, prompt or input), for token estimates."""
+        value = self.payload.get(_TASK_FIELD[self.task])
+        return sum(len(text) for text in _texts(value))
+
+    def with_max_tokens(self, cap: int) -> QueryRequest:
+        """A copy whose ``max_tokens`` is at most ``cap`` (the original stays untouched)."""
+        current = self.payload.get("max_tokens")
+        limit = cap if not isinstance(current, int) else min(current, cap)
+        return replace(self, payload={**self.payload, "max_tokens": limit})
 
     @property
     def include_usage_requested(self) -> bool:
@@ -167,3 +178,16 @@ def _describe(exc: ValidationError) -> str:
     """The first problems, as ``field.path: message`` (clients show one line)."""
     issues = validation_errors(exc)[:3]
     return "Invalid request: " + "; ".join(f"{i.field or 'body'}: {i.message}" for i in issues)
+
+
+def _texts(value: object) -> list[str]:
+    """The text inside a prompt, messages (string or content-part contents) or input."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        if isinstance(value.get("text"), str):
+            return [value["text"]]
+        return _texts(value.get("content"))
+    if isinstance(value, list):
+        return [text for item in value for text in _texts(item)]
+    return []

@@ -42,3 +42,9 @@ class Usage:
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
         )
+
+
+def estimate_tokens(characters: int) -> int:
+    """Tokens for text whose provider has not counted it yet: (characters + 1) / 4, the
+    estimate the platform documents for usage tracking."""
+    return (characters + 1) // 4

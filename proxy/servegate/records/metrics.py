@@ -50,6 +50,17 @@ class Metrics:
             ["endpoint", "provider"],
             registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "servegate_rate_limited",
+            "Requests refused by an AI Gateway rate limit.",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.rate_limit_errors = Counter(
+            "servegate_rate_limit_storage_errors",
+            "Rate-limit storage failures (Redis down); the failure policy decided the request.",
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "servegate_requests_in_flight",
             "Query requests being answered now.",

@@ -1,0 +1,1 @@
+"""Governance before routing: rate limits now; guardrails later."""
