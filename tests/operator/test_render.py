@@ -205,14 +205,19 @@ def test_content_changes_do_not_change_the_pod_shape() -> None:
 
 def test_service_pdb_hpa_and_auth_secret() -> None:
     defaults = GatewayDefaults(
-        replicas=2, hpa_max_replicas=6, auth_secret="gateway-auth", service_annotations={"a": "b"}
+        replicas=2,
+        hpa_max_replicas=6,
+        auth_secret="gateway-auth",
+        service_annotations={"a": "b"},
+        redis_url="redis://redis.shared:6379",
     )
     chat = render_endpoint("chat", "ns", example("chat").spec)
     deployment = render_deployment("ns", [chat], defaults)
     validate(deployment)
     assert "replicas" not in deployment["spec"]  # the HPA owns the count
-    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[-2:] == ["--auth-file", "/etc/servegate/auth/auth.yaml"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-2:] == ["--auth-file", "/etc/servegate/auth/auth.yaml"]
+    assert {"name": "SERVEGATE_REDIS_URL", "value": "redis://redis.shared:6379"} in container["env"]
     for obj in (
         render_service("ns", defaults),
         render_pdb("ns", defaults),

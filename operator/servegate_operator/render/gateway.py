@@ -101,6 +101,11 @@ def render_deployment(
         "env": [
             {"name": "PYTHONUNBUFFERED", "value": "1"},
             {"name": "HOME", "value": "/tmp"},
+            *(
+                [{"name": "SERVEGATE_REDIS_URL", "value": gateway.redis_url}]
+                if gateway.redis_url
+                else []
+            ),
         ],
         "readinessProbe": {**probe, "failureThreshold": 2},
         "livenessProbe": {
