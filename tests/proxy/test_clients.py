@@ -268,6 +268,9 @@ def test_mlflow_errors(env: Env, mlflow_client: Any, monkeypatch: pytest.MonkeyP
     env.fault(model="gpt-4o-mini", status=500)
     with pytest.raises(Exception, match="external_model_provider"):
         mlflow_client.predict(endpoint="chat", inputs={"messages": query()})
+    # An upstream 429 with a truthful Retry-After: retried after it, then answered.
+    env.fault(model="gpt-4o-mini", status=429, headers={"Retry-After": "1"}, times=1)
+    assert mlflow_client.predict(endpoint="chat", inputs={"messages": query()})["choices"]
     env.fault(model="gpt-4o-mini", latency_ms=2500)
     with pytest.raises(Exception, match="did not answer"):
         mlflow_client.predict(endpoint="chat", inputs={"messages": query()})

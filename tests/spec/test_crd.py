@@ -127,11 +127,15 @@ def test_kubectl_parses_the_crd_directory_offline(tmp_path: Path) -> None:
         [*args, "-o", "name"], env=env, capture_output=True, text=True, timeout=30, check=True
     )
     assert names.stdout.split() == [
-        "customresourcedefinition.apiextensions.k8s.io/servingendpoints.servegate.io"
+        "customresourcedefinition.apiextensions.k8s.io/clusterkopfpeerings.kopf.dev",
+        "customresourcedefinition.apiextensions.k8s.io/kopfpeerings.kopf.dev",
+        "customresourcedefinition.apiextensions.k8s.io/servingendpoints.servegate.io",
     ]
+    ours = CRD_DIR / "servingendpoints.servegate.io.yaml"
+    single = [kubectl, "annotate", "--local", "-f", str(ours), "servegate.io/parsed=yes"]
     parsed = json.loads(
         subprocess.run(
-            [*args, "-o", "json"], env=env, capture_output=True, text=True, timeout=30, check=True
+            [*single, "-o", "json"], env=env, capture_output=True, text=True, timeout=30, check=True
         ).stdout
     )
     assert parsed["metadata"].pop("annotations") == {"servegate.io/parsed": "yes"}

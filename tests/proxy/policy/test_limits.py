@@ -111,16 +111,29 @@ def test_which_limits_apply(
     assert {(b.scope, b.rule.calls) for b in applicable(spec_with(limits), caller)} == expected
 
 
+@pytest.fixture(params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """Every limit case runs on the in-memory store and on a real redis-server."""
+    if request.param == "memory":
+        yield None
+        return
+    server = RedisServer(tmp_path)
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture
 def make_client(
     workspace: Workspace,
     openai_sim: str,
+    storage: str | None,
     in_process_app: Callable[..., web.Application],
     aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> Callable[..., Awaitable[Client]]:
     auth = write_auth_file(workspace.root / "auth.yaml", TOKENS)
 
     async def make(limits: list[dict[str, Any]], **settings: Any) -> Client:
+        settings.setdefault("redis_url", storage)
         doc = endpoint_doc(
             "lim",
             [openai_entity("gpt-4o-mini", openai_sim + "/v1", name="only")],
@@ -382,3 +395,63 @@ def test_redis_down_fails_open_by_default_and_closed_on_request(
         for gateway in (*open_pair, *closed_pair):
             gateway.stop()
     assert "rate-limit storage failed" in open_pair[0].logs()
+
+
+def test_sdks_against_a_limited_endpoint(
+    tmp_path: Path, sim_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenAI SDK surfaces the 429 with its Retry-After; databricks-sdk waits exactly
+    that long before retrying, and gives up at its own retry timeout. (Its clock is sped up
+    here: the sleep it asks for is recorded instead of slept.)"""
+    import openai
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk import clock as sdk_clock
+    from databricks.sdk.core import Config
+    from databricks.sdk.errors import TooManyRequests
+    from databricks.sdk.service.serving import ChatMessage, ChatMessageRole
+
+    manifests, secrets = tmp_path / "manifests", tmp_path / "secrets"
+    write_secret(secrets, "openai", "api_key", OPENAI_KEY)
+    write_yaml(
+        manifests / "lim.yaml",
+        endpoint_doc(
+            "lim",
+            [openai_entity("gpt-4o-mini", sim_url)],
+            ai_gateway={"rate_limits": [rule("endpoint", 1)]},
+        ),
+    )
+    gateway = GatewayProcess(
+        ["serve", str(manifests), "--secrets-dir", str(secrets)], tmp_path / "gw.log"
+    )
+    try:
+        client = openai.OpenAI(
+            base_url=gateway.url + "/serving-endpoints", api_key="unused", max_retries=0
+        )
+        assert client.chat.completions.create(model="lim", messages=CHAT["messages"]).choices  # type: ignore[arg-type]
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.chat.completions.create(model="lim", messages=CHAT["messages"])  # type: ignore[arg-type]
+        retry_after = int(limited.value.response.headers["retry-after"])
+        assert 1 <= retry_after <= 60
+        assert limited.value.response.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+
+        offset, slept = [0.0], []
+
+        def fake_sleep(_self: object, seconds: float) -> None:
+            slept.append(seconds)
+            offset[0] += seconds
+
+        monkeypatch.setattr(sdk_clock.RealClock, "sleep", fake_sleep)
+        monkeypatch.setattr(sdk_clock.RealClock, "time", lambda _self: time.time() + offset[0])
+        workspace = WorkspaceClient(
+            config=Config(host=gateway.url, token="unused", retry_timeout_seconds=5)
+        )
+        with pytest.raises(TimeoutError) as gave_up:
+            workspace.serving_endpoints.query(
+                name="lim", messages=[ChatMessage(role=ChatMessageRole.USER, content="hi")]
+            )
+        assert isinstance(gave_up.value.__cause__, TooManyRequests)
+        assert (
+            slept and retry_after - 1 <= int(slept[0]) <= retry_after + 1
+        )  # it honoured Retry-After
+    finally:
+        gateway.stop()
