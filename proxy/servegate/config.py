@@ -22,11 +22,18 @@ from pathlib import Path
 
 import orjson
 
+from servegate.policy.limits import endpoint_rules
 from servegate.providers.base import Provider
 from servegate.providers.registry import build_provider
 from servegate.routing.split import TrafficSplit
 from servegate.secretstore import MissingSecret, SecretStore
-from servegate.spec import ExternalModel, ServingEndpointSpec, Task, redacted_dump
+from servegate.spec import (
+    AiGatewayRateLimit,
+    ExternalModel,
+    ServingEndpointSpec,
+    Task,
+    redacted_dump,
+)
 from servegate.spec.manifest import LoadedEndpoint, ManifestError, load_manifests
 from servegate.transport.credentials import CredentialRegistry
 
@@ -53,6 +60,7 @@ class EndpointRuntime:
     updated_ms: int
     spec_digest: str
     problems: tuple[str, ...] = ()
+    rate_limits: tuple[AiGatewayRateLimit, ...] = ()
     rejected_update: str | None = None
     """Why the newest version on disk is not served (the last good one is)."""
 
@@ -163,6 +171,7 @@ class ConfigSource:
             updated_ms=updated,
             spec_digest=digest,
             problems=tuple(problems),
+            rate_limits=endpoint_rules(spec),
         )
 
     def _entity(self, name: str, model: ExternalModel) -> EntityRuntime:

@@ -78,10 +78,14 @@ async def answer_query(
     access.stream = query.stream
     limiter = app[keys.rate_limiter]
     try:
-        admission = await limiter.admit(endpoint.name, endpoint.spec, request[keys.principal])
+        admission = await limiter.admit(
+            endpoint.name, endpoint.rate_limits, request[keys.principal]
+        )
     except RateLimited:
         app[keys.metrics].rate_limited.labels(endpoint.name).inc()
         raise
+    if admission is None or not admission.token_buckets:
+        return await _answer(request, endpoint, entity_name, query)
     prompt_tokens = estimate_tokens(query.prompt_characters())
     cap = await limiter.cap(admission, prompt_tokens)
     if cap is not None and query.task != Task.EMBEDDINGS:
@@ -89,10 +93,8 @@ async def answer_query(
     try:
         return await _answer(request, endpoint, entity_name, query)
     finally:
-        if admission is not None and admission.token_buckets:
-            usage = access.usage
-            spent = usage.total_tokens if usage is not None else prompt_tokens
-            await limiter.charge(admission, spent)
+        usage = access.usage
+        await limiter.charge(admission, usage.total_tokens if usage else prompt_tokens)
 
 
 async def _answer(

@@ -76,6 +76,11 @@ class Bucket:
         return f"the rate limit for {who}"
 
 
+def endpoint_rules(spec: ServingEndpointSpec) -> tuple[AiGatewayRateLimit, ...]:
+    """Every rate limit of an endpoint, the legacy top-level form included (at load time)."""
+    return tuple(_rules(spec))
+
+
 def _rules(spec: ServingEndpointSpec) -> list[AiGatewayRateLimit]:
     gateway = spec.ai_gateway
     rules = list(gateway.rate_limits or []) if gateway else []
@@ -85,9 +90,8 @@ def _rules(spec: ServingEndpointSpec) -> list[AiGatewayRateLimit]:
     return rules
 
 
-def applicable(spec: ServingEndpointSpec, caller: Principal) -> list[Bucket]:
+def applicable(rules: Sequence[AiGatewayRateLimit], caller: Principal) -> list[Bucket]:
     """The buckets a request by ``caller`` must pass, by the precedence in the module doc."""
-    rules = _rules(spec)
     buckets = [Bucket(r, "endpoint") for r in rules if r.key == RateLimitKey.ENDPOINT]
     personal_key = (
         RateLimitKey.SERVICE_PRINCIPAL
@@ -141,10 +145,12 @@ class RateLimiter:
         self._on_storage_error = on_storage_error or (lambda: None)
 
     async def admit(
-        self, endpoint: str, spec: ServingEndpointSpec, caller: Principal
+        self, endpoint: str, rules: Sequence[AiGatewayRateLimit], caller: Principal
     ) -> Admission | None:
         """Count the call and check the token room; None when no limit applies."""
-        buckets = applicable(spec, caller)
+        if not rules:
+            return None
+        buckets = applicable(rules, caller)
         if not buckets:
             return None
         try:

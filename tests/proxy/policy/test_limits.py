@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from servegate.auth.callers import Principal
-from servegate.policy.limits import applicable
+from servegate.policy.limits import applicable, endpoint_rules
 from servegate.spec import ServingEndpointSpec
 from tests.conftest import (
     OPENAI_KEY,
@@ -108,7 +108,8 @@ PRECEDENCE = [
 def test_which_limits_apply(
     limits: list[dict[str, Any]], caller: Principal, expected: set[tuple[str, int]]
 ) -> None:
-    assert {(b.scope, b.rule.calls) for b in applicable(spec_with(limits), caller)} == expected
+    rules = endpoint_rules(spec_with(limits))
+    assert {(b.scope, b.rule.calls) for b in applicable(rules, caller)} == expected
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -455,3 +456,17 @@ def test_sdks_against_a_limited_endpoint(
         )  # it honoured Retry-After
     finally:
         gateway.stop()
+
+
+def test_the_legacy_top_level_rate_limits_count_too() -> None:
+    doc = endpoint_doc(
+        "e",
+        [openai_entity("m", "http://127.0.0.1:1/v1")],
+        rate_limits=[
+            {"calls": 5, "key": "user", "renewal_period": "minute"},
+            {"calls": 50, "renewal_period": "minute"},
+        ],
+    )
+    rules = endpoint_rules(ServingEndpointSpec.model_validate(doc["spec"]))
+    buckets = {(b.scope, b.rule.calls) for b in applicable(rules, Principal("ana"))}
+    assert buckets == {("user:ana", 5), ("endpoint", 50)}
