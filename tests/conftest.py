@@ -213,7 +213,7 @@ class GatewayProcess:
                 raise RuntimeError(f"gateway exited before listening:\n{self.logs()}")
             if text.startswith("servegate: listening on "):
                 break
-        return text.rsplit("listening on ", 1)[1]
+        return text.rsplit("listening on ", 1)[1].split()[0]
 
     def logs(self) -> str:
         if not self._log.closed:

@@ -39,6 +39,8 @@ class GatewayDefaults:
     are not authenticated (the gateway runs with --insecure-no-auth: restrict it with a
     NetworkPolicy)."""
     run_as_user: int = 10001
+    workers: int = 1
+    """Gateway worker processes per pod (``--workers``): one per CPU the pod may use."""
     redis_url: str | None = None
     """Shared rate-limit storage for the gateway's replicas (SERVEGATE_REDIS_URL in the pod)."""
 
@@ -75,6 +77,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         pdb_min_available=int(env.get("SERVEGATE_GATEWAY_PDB_MIN_AVAILABLE", 1)),
         auth_secret=env.get("SERVEGATE_GATEWAY_AUTH_SECRET") or None,
         redis_url=env.get("SERVEGATE_GATEWAY_REDIS_URL") or None,
+        workers=int(env.get("SERVEGATE_GATEWAY_WORKERS", 1)),
     )
     interval = float(env.get("SERVEGATE_RECONCILE_INTERVAL", 60))
     return OperatorSettings(gateway=gateway, reconcile_interval_s=interval)

@@ -7,16 +7,14 @@ import asyncio
 import ipaddress
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
-
 from servegate import __version__
-from servegate.app import GatewaySettings, create_app
+from servegate.app import GatewaySettings
 from servegate.auth.callers import AuthFileError
+from servegate.server import ListenError, run_gateway, run_workers
 from servegate.simulators.server import (
     EXAMPLE_PORTS,
     PROVIDER_SIMULATORS,
@@ -40,10 +38,6 @@ log = logging.getLogger("servegate")
 # The credentials examples/secrets/ holds, accepted by the quickstart's simulators.
 QUICKSTART_OPENAI_KEY = "sk-servegate-simulator"
 QUICKSTART_CUSTOM_TOKEN = "local-llm-token"
-
-
-class ListenError(OSError):
-    """The gateway could not bind its address (in use, not permitted)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -80,6 +74,13 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="Microsoft Entra ID authority host for azuread endpoints",
     )
     parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT); in a cluster, one per pod CPU",
+    )
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("SERVEGATE_REDIS_URL") or None,
@@ -186,42 +187,23 @@ def check_exposure(args: argparse.Namespace) -> str | None:
     )
 
 
-async def run_gateway(
-    settings: GatewaySettings, host: str, port: int, *, banner: str | None = None
-) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get time to finish."""
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound = runner.addresses[0]
-    shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
-    print(f"servegate: listening on http://{shown}:{bound[1]}", flush=True)
-    if banner:
-        print(banner, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        await runner.cleanup()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     refusal = check_exposure(args)
     if refusal:
         print(f"servegate: {refusal}", file=sys.stderr)
         return 2
+    settings = settings_from_args(args)
+    if args.workers > 1 and not settings.redis_url:
+        log.warning(
+            "%d workers without --redis-url: each worker counts rate limits on its own, so a "
+            "limit of N lets up to %d times N through; use Redis to share them",
+            args.workers,
+            args.workers,
+        )
     try:
-        asyncio.run(run_gateway(settings_from_args(args), args.host, args.port))
+        if args.workers > 1:
+            return run_workers(settings, args.host, args.port, args.workers)
+        asyncio.run(run_gateway(settings, args.host, args.port))
     except AuthFileError as exc:
         print(f"servegate: {exc}", file=sys.stderr)
         return 2

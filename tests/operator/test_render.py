@@ -210,6 +210,7 @@ def test_service_pdb_hpa_and_auth_secret() -> None:
         auth_secret="gateway-auth",
         service_annotations={"a": "b"},
         redis_url="redis://redis.shared:6379",
+        workers=2,
     )
     chat = render_endpoint("chat", "ns", example("chat").spec)
     deployment = render_deployment("ns", [chat], defaults)
@@ -218,6 +219,7 @@ def test_service_pdb_hpa_and_auth_secret() -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][-2:] == ["--auth-file", "/etc/servegate/auth/auth.yaml"]
     assert {"name": "SERVEGATE_REDIS_URL", "value": "redis://redis.shared:6379"} in container["env"]
+    assert container["args"][container["args"].index("--workers") + 1] == "2"
     for obj in (
         render_service("ns", defaults),
         render_pdb("ns", defaults),

@@ -67,6 +67,8 @@ def render_deployment(
         "--port",
         str(GATEWAY_PORT),
     ]
+    if gateway.workers > 1:
+        args += ["--workers", str(gateway.workers)]
     mounts: list[dict[str, Any]] = [
         {"name": "endpoints", "mountPath": ENDPOINTS_MOUNT, "readOnly": True},
         {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},

@@ -2,12 +2,23 @@
 
 Labels are endpoint, served entity, provider, task and status: bounded sets taken from the
 config, never request content, principals or credentials. Each app owns its registry, so
-several apps in one process (tests, benchmarks) do not share counters.
+several apps in one process (tests, benchmarks) do not share counters. Under
+``--workers N`` (``PROMETHEUS_MULTIPROC_DIR`` set) values live in shared files and every
+scrape, whichever worker answers it, reports the sum over all workers.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from servegate.canonical.usage import Usage
@@ -18,7 +29,11 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        # In multiprocess mode the values go to files; exposition collects them all (render).
+        self.registry: CollectorRegistry | None = (
+            None if self.multiprocess else CollectorRegistry(auto_describe=True)
+        )
         self.requests = Counter(
             "servegate_requests",
             "Query requests answered, by endpoint, served entity and HTTP status.",
@@ -65,6 +80,7 @@ class Metrics:
             "servegate_requests_in_flight",
             "Query requests being answered now.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.reloads = Counter(
             "servegate_config_reloads",
@@ -77,6 +93,7 @@ class Metrics:
             "Endpoints loaded, by readiness.",
             ["ready"],
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
 
     def observe(
@@ -98,4 +115,8 @@ class Metrics:
             self.tokens.labels(endpoint, entity, "completion").inc(usage.completion_tokens)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone)  # type: ignore[no-untyped-call]
+        return generate_latest(everyone)
