@@ -13,9 +13,13 @@ Which limits apply to a caller (every one that applies must pass):
   members. Without ``principal`` it is a default for every group, one bucket per group.
   A caller in several limited groups must pass each of their limits.
 
-Windows are sliding-window counters (the ``limits`` library; in Redis, atomic Lua
-scripts): a minute's budget frees up gradually, and ``Retry-After`` is the number of
-seconds until the window that refused the request resets.
+Windows come from the ``limits`` library (in Redis, atomic Lua scripts, so several
+replicas share one limit without lost updates). Calls use a moving window: exactly N
+calls in any 60 seconds, however the requests fall on the clock. Tokens use a
+sliding-window counter (cheap for large counts; an approximation at window edges).
+``Retry-After`` is the number of seconds until the window that refused the request frees
+up. Limits are checked in order (endpoint, personal, groups) and a request refused by
+one is not counted by those after it.
 
 Calls are counted when a request is admitted. Tokens (input + output) are charged when
 the response ends, streamed or not; a request is admitted while its token buckets have
@@ -36,7 +40,7 @@ from typing import Literal
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from servegate.auth.callers import Principal
@@ -139,6 +143,7 @@ class RateLimiter:
             if not isinstance(storage, Storage):
                 raise ValueError(f"not an async rate-limit storage URL: {storage_url}")
             self.storage = storage
+        self.calls = MovingWindowRateLimiter(self.storage)
         self.limiter = SlidingWindowCounterRateLimiter(self.storage)
         self.on_error = on_error
         self.token_mode = token_mode
@@ -172,7 +177,7 @@ class RateLimiter:
         for bucket in buckets:
             if bucket.rule.calls is not None:
                 item = RateLimitItemPerMinute(bucket.rule.calls)
-                if not await self.limiter.hit(item, endpoint, bucket.scope, "calls"):
+                if not await self.calls.hit(item, endpoint, bucket.scope, "calls"):
                     raise await self._refusal(item, endpoint, bucket, "calls")
         token_buckets = [b for b in buckets if b.rule.tokens is not None]
         for bucket in token_buckets:
@@ -187,7 +192,8 @@ class RateLimiter:
     async def _refusal(
         self, item: RateLimitItemPerMinute, endpoint: str, bucket: Bucket, kind: str
     ) -> RateLimited:
-        stats = await self.limiter.get_window_stats(item, endpoint, bucket.scope, kind)
+        strategy = self.calls if kind == "calls" else self.limiter
+        stats = await strategy.get_window_stats(item, endpoint, bucket.scope, kind)
         wait = max(1, math.ceil(stats.reset_time - time.time()))
         amount = bucket.rule.calls if kind == "calls" else bucket.rule.tokens
         return RateLimited(
