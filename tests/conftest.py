@@ -10,16 +10,19 @@ import hashlib
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 import pytest
 import yaml
 from aiohttp import web
@@ -282,3 +285,55 @@ async def new_session() -> aiohttp.ClientSession:
 async def http_post(url: str, body: Any) -> Any:
     async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
         return await r.json()
+
+
+@dataclass
+class SimulatedGateway:
+    """A real ``servegate serve`` process in front of one simulator, for synchronous tests
+    (SDKs, curl): simulator control, fault injection and queries through the gateway."""
+
+    gateway: GatewayProcess
+    sim_url: str
+    loop: BackgroundLoop
+    secrets: Path | None = None
+    default_model: str | None = None
+    """The model a fault matches when the test names none."""
+
+    def sim(self, method: str, path: str, body: Any = None) -> Any:
+        return self.loop.run(http_call(method, self.sim_url + path, body))[2]
+
+    def fault(self, **spec: Any) -> None:
+        """Replace any earlier fault with this one."""
+        if self.default_model is not None:
+            spec.setdefault("model", self.default_model)
+        self.sim("DELETE", "/_sim/faults")
+        self.sim("POST", "/_sim/faults", spec)
+
+    def clear_faults(self) -> None:
+        self.sim("DELETE", "/_sim/faults")
+
+    def last_request(self) -> dict[str, Any]:
+        recorded: list[dict[str, Any]] = self.sim("GET", "/_sim/requests")["requests"]
+        return recorded[-1]
+
+    def post(self, endpoint: str, body: Any) -> tuple[int, dict[str, str], Any]:
+        url = f"{self.gateway.url}/serving-endpoints/{endpoint}/invocations"
+        return self.loop.run(http_call("POST", url, body))
+
+
+def free_port() -> int:
+    """A port the OS just handed out (for servers that cannot announce their own)."""
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def http_call(method: str, url: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, JSON body or None) of one request."""
+    async with aiohttp.ClientSession() as session, session.request(method, url, json=body) as resp:
+        raw = await resp.read()
+        try:
+            data = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            data = None
+        return resp.status, dict(resp.headers), data

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 IMAGE = "servegate:e2e"
 SIM_KEY = "sk-servegate-simulator"
@@ -124,12 +122,6 @@ def in_cluster(example: str) -> str:
     """An example manifest pointed at the in-cluster simulator instead of 127.0.0.1."""
     text = (REPO / "examples" / f"{example}.yaml").read_text()
     return text.replace("http://127.0.0.1:8901", "http://servegate-sim.default.svc:8901")
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_helm_install_apply_and_query(cluster: Path) -> None:

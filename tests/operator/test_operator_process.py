@@ -6,23 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-from contextlib import closing
 from pathlib import Path
 
 import requests
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.k8s.emulator import EmulatedCluster
 from tests.operator.test_operator import endpoint, secret, status_of, wait_for
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_operator_process_reconciles_and_stops_cleanly(

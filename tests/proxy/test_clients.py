@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 from databricks.sdk import WorkspaceClient
@@ -20,6 +18,7 @@ from databricks.sdk.service.serving import ChatMessage, ChatMessageRole
 from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
+    SimulatedGateway,
     endpoint_doc,
     openai_entity,
     start_site,
@@ -32,27 +31,7 @@ TOKEN = "dapi-client-test-token"
 KEY = "sk-client-test-key"
 
 
-@dataclass
-class Env:
-    gateway: GatewayProcess
-    sim_url: str
-    loop: BackgroundLoop
-
-    def fault(self, **fault: Any) -> None:
-        """Replace any earlier fault with this one."""
-        self.clear_faults()
-        self.loop.run(_sim_call(self.sim_url, "POST", "/_sim/faults", fault))
-
-    def clear_faults(self) -> None:
-        self.loop.run(_sim_call(self.sim_url, "DELETE", "/_sim/faults", None))
-
-
-async def _sim_call(base: str, method: str, path: str, body: Any) -> Any:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(method, base + path, json=body) as resp,
-    ):
-        return await resp.json()
+Env = SimulatedGateway
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +66,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
         ],
         root / "gateway.log",
     )
-    yield Env(gateway, sim_url, background_loop)
+    yield Env(gateway=gateway, sim_url=sim_url, loop=background_loop)
     gateway.stop()
     background_loop.run(runner.cleanup())
 

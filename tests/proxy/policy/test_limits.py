@@ -29,6 +29,7 @@ from tests.conftest import (
     GatewayProcess,
     Workspace,
     endpoint_doc,
+    free_port,
     openai_entity,
     start_site,
     write_auth_file,
@@ -252,12 +253,6 @@ async def test_charge_after_mode_does_not_cap(
 
 
 # ------------------------------------------------------------------ Redis, two gateways
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

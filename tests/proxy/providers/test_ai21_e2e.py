@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
@@ -19,6 +16,7 @@ from servegate.simulators.ai21 import create_ai21_app
 from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
+    SimulatedGateway,
     endpoint_doc,
     generation,
     start_site,
@@ -51,26 +49,7 @@ def ai21_entity(task: str, api_base: str) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Env:
-    gateway: GatewayProcess
-    sim_url: str
-    secrets: Path
-    loop: BackgroundLoop
-
-    def sim(self, method: str, path: str, body: Any = None) -> Any:
-        async def call() -> Any:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.request(method, self.sim_url + path, json=body) as resp,
-            ):
-                return await resp.json()
-
-        return self.loop.run(call())
-
-    def fault(self, **fault: Any) -> None:
-        self.sim("DELETE", "/_sim/faults")
-        self.sim("POST", "/_sim/faults", fault)
+Env = SimulatedGateway
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +69,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
         ["serve", str(root / "manifests"), "--secrets-dir", str(root / "secrets")],
         root / "gateway.log",
     )
-    yield Env(gateway, sim_url, root / "secrets", background_loop)
+    yield Env(gateway=gateway, sim_url=sim_url, secrets=root / "secrets", loop=background_loop)
     gateway.stop()
     background_loop.run(runner.cleanup())
     assert KEY not in gateway.logs() and ROTATED not in gateway.logs()

@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
 from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
+    SimulatedGateway,
     endpoint_doc,
     generation,
     start_site,
@@ -46,29 +44,7 @@ def anthropic_entity(model: str, base: str, task: str, key: str) -> dict[str, An
     }
 
 
-@dataclass
-class Env:
-    gateway: GatewayProcess
-    sim_url: str
-    secrets: Path
-    loop: BackgroundLoop
-
-    def sim(self, method: str, path: str, body: Any = None) -> Any:
-        async def call() -> Any:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.request(method, self.sim_url + path, json=body) as resp,
-            ):
-                return await resp.json()
-
-        return self.loop.run(call())
-
-    def fault(self, **fault: Any) -> None:
-        self.sim("DELETE", "/_sim/faults")
-        self.sim("POST", "/_sim/faults", {"model": CHAT_MODEL, **fault})
-
-    def last_request(self) -> Any:
-        return self.sim("GET", "/_sim/requests")["requests"][-1]
+Env = SimulatedGateway
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +75,13 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
         ["serve", str(root / "manifests"), "--secrets-dir", str(root / "secrets")],
         root / "gateway.log",
     )
-    yield Env(gateway, sim_url, root / "secrets", background_loop)
+    yield Env(
+        gateway=gateway,
+        sim_url=sim_url,
+        secrets=root / "secrets",
+        loop=background_loop,
+        default_model=CHAT_MODEL,
+    )
     gateway.stop()
     background_loop.run(runner.cleanup())
 

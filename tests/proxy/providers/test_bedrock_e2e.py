@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
@@ -20,6 +17,7 @@ from servegate.simulators.bedrock import create_bedrock_app
 from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
+    SimulatedGateway,
     endpoint_doc,
     generation,
     http_get,
@@ -55,26 +53,7 @@ def entity(name: str, model: str, family: str, task: str, base: str, **auth: Any
     }
 
 
-@dataclass
-class Env:
-    gateway: GatewayProcess
-    sim_url: str
-    loop: BackgroundLoop
-    secrets: Path
-
-    def fault(self, **spec: Any) -> None:
-        self.loop.run(_call("DELETE", self.sim_url + "/_sim/faults"))
-        self.loop.run(_call("POST", self.sim_url + "/_sim/faults", spec))
-
-    def post(self, endpoint: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
-        return self.loop.run(
-            _call("POST", f"{self.gateway.url}/serving-endpoints/{endpoint}/invocations", body)
-        )
-
-
-async def _call(method: str, url: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
-    async with aiohttp.ClientSession() as session, session.request(method, url, json=body) as resp:
-        return resp.status, dict(resp.headers), await resp.json(content_type=None)
+Env = SimulatedGateway
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +137,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
         root / "gateway.log",
         env=chain_env,
     )
-    yield Env(gateway, sim_url, background_loop, secrets)
+    yield Env(gateway=gateway, sim_url=sim_url, loop=background_loop, secrets=secrets)
     gateway.stop()
     background_loop.run(runner.cleanup())
 
@@ -166,7 +145,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
 @pytest.fixture(autouse=True)
 def _no_faults(env: Env) -> Iterator[None]:
     yield
-    env.loop.run(_call("DELETE", env.sim_url + "/_sim/faults"))
+    env.sim("DELETE", "/_sim/faults")
 
 
 @pytest.fixture

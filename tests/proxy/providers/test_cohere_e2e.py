@@ -7,11 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
 
@@ -19,6 +16,7 @@ from servegate.simulators.cohere import create_cohere_app
 from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
+    SimulatedGateway,
     endpoint_doc,
     generation,
     start_site,
@@ -38,28 +36,7 @@ MESSAGES: Any = [
 REPLY = "Simulated reply from command-r-plus to: hello from the gateway"
 
 
-@dataclass
-class Env:
-    gateway: GatewayProcess
-    sim_url: str
-    loop: BackgroundLoop
-    secrets: Path
-
-    def sim(self, method: str, path: str, body: Any = None) -> Any:
-        return self.loop.run(_sim_call(self.sim_url, method, path, body))
-
-    def fault(self, **fault: Any) -> None:
-        self.sim("DELETE", "/_sim/faults")
-        self.sim("POST", "/_sim/faults", fault)
-
-    def last_request(self) -> dict[str, Any]:
-        requests: list[dict[str, Any]] = self.sim("GET", "/_sim/requests")["requests"]
-        return requests[-1]
-
-
-async def _sim_call(base: str, method: str, path: str, body: Any) -> Any:
-    async with aiohttp.ClientSession() as s, s.request(method, base + path, json=body) as r:
-        return await r.json()
+Env = SimulatedGateway
 
 
 def _entity(model: str, task: str, base: str) -> dict[str, Any]:
@@ -90,7 +67,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
         ["serve", str(root / "manifests"), "--secrets-dir", str(root / "secrets")],
         root / "gateway.log",
     )
-    yield Env(gateway, sim_url, background_loop, root / "secrets")
+    yield Env(gateway=gateway, sim_url=sim_url, loop=background_loop, secrets=root / "secrets")
     gateway.stop()
     background_loop.run(runner.cleanup())
 

@@ -8,11 +8,8 @@ import base64
 import json
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import orjson
 import pytest
@@ -21,6 +18,7 @@ from servegate.simulators.vertex import create_vertex_app, generate_service_acco
 from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
+    SimulatedGateway,
     endpoint_doc,
     generation,
     http_get,
@@ -58,33 +56,7 @@ def key_file(info: dict[str, str], sim_url: str) -> str:
     return json.dumps({**info, "token_uri": sim_url + "/token"})
 
 
-@dataclass
-class Env:
-    gateway: GatewayProcess
-    sim_url: str
-    loop: BackgroundLoop
-    secrets: Path
-
-    def sim(self, method: str, path: str, body: Any = None) -> Any:
-        return self.loop.run(_call(method, self.sim_url + path, body))
-
-    def fault(self, **spec: Any) -> None:
-        self.sim("DELETE", "/_sim/faults")
-        self.sim("POST", "/_sim/faults", spec)
-
-    def post(self, endpoint: str, body: Any) -> tuple[int, dict[str, str], Any]:
-        url = f"{self.gateway.url}/serving-endpoints/{endpoint}/invocations"
-        return self.loop.run(_post(url, body))
-
-
-async def _call(method: str, url: str, body: Any) -> Any:
-    async with aiohttp.ClientSession() as s, s.request(method, url, json=body) as r:
-        return await r.json()
-
-
-async def _post(url: str, body: Any) -> tuple[int, dict[str, str], Any]:
-    async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
-        return r.status, dict(r.headers), await r.json()
+Env = SimulatedGateway
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +85,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
     gateway = GatewayProcess(
         ["serve", str(root / "manifests"), "--secrets-dir", str(secrets)], root / "gateway.log"
     )
-    yield Env(gateway, sim_url, background_loop, secrets)
+    yield Env(gateway=gateway, sim_url=sim_url, loop=background_loop, secrets=secrets)
     gateway.stop()
     background_loop.run(runner.cleanup())
 
