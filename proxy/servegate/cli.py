@@ -14,6 +14,7 @@ from pathlib import Path
 from servegate import __version__
 from servegate.app import GatewaySettings
 from servegate.auth.callers import AuthFileError
+from servegate.logs import setup_logging
 from servegate.server import ListenError, run_gateway, run_workers
 from servegate.simulators.server import (
     EXAMPLE_PORTS,
@@ -361,10 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["operator"]:  # its own parser takes every argument after the word
         return cmd_operator(argparse.Namespace(operator_args=argv[1:]))
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    return COMMANDS[args.command](args)
+    stop_logging = setup_logging(args.log_level)
+    try:
+        return COMMANDS[args.command](args)
+    finally:
+        stop_logging()

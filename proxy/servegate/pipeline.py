@@ -172,9 +172,8 @@ async def _attempt(
             return outcome.response
         translated = provider.parse_response(query, await client.read_body(upstream, provider.name))
         status, usage = 200, translated.usage
-        return web.Response(
-            body=orjson.dumps(translated.body), content_type="application/json", headers=headers
-        )
+        payload = translated.raw if translated.raw is not None else orjson.dumps(translated.body)
+        return web.Response(body=payload, content_type="application/json", headers=headers)
     except GatewayError as error:
         status = error.status
         raise

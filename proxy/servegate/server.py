@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import multiprocess
 
 from servegate.app import GatewaySettings, create_app
+from servegate.logs import setup_logging
 
 log = logging.getLogger("servegate")
 
@@ -84,15 +85,16 @@ async def run_gateway(
 
 
 def _worker(settings: GatewaySettings, host: str, port: int, ready: Queue[Any]) -> None:
-    logging.basicConfig(
-        level=os.environ.get("SERVEGATE_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s %(levelname)s %(name)s [worker {os.getpid()}] %(message)s",
+    stop_logging = setup_logging(
+        os.environ.get("SERVEGATE_LOG_LEVEL", "INFO"),
+        fmt=f"%(asctime)s %(levelname)s %(name)s [worker {os.getpid()}] %(message)s",
     )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:
         asyncio.run(run_gateway(settings, host, port, reuse_port=True, on_listening=ready.put))
     except ListenError as exc:
         ready.put(f"error: {exc}")
+    finally:
+        stop_logging()
 
 
 def run_workers(settings: GatewaySettings, host: str, port: int, workers: int) -> int:

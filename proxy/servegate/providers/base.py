@@ -49,6 +49,9 @@ class Translated:
 
     body: dict[str, Any]
     usage: Usage | None
+    raw: bytes | None = None
+    """The upstream's own bytes when they already are the answer (OpenAI-format passthrough):
+    sent as they are instead of serialising ``body`` again."""
 
 
 class StreamTranslator(ABC):

@@ -127,7 +127,7 @@ class OpenAIFormatProvider(Provider):
 
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated:
         data = self.load_json(body, self.name)
-        return Translated(body=data, usage=Usage.from_openai(data.get("usage")))
+        return Translated(body=data, usage=Usage.from_openai(data.get("usage")), raw=body)
 
     def stream(self, query: QueryRequest) -> StreamTranslator:
         return OpenAIStream(self, fold_usage=not query.include_usage_requested)
