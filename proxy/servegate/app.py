@@ -36,6 +36,8 @@ class GatewaySettings:
     """Shared rate-limit storage for several replicas; None keeps limits in memory."""
     rate_limit_failure: OnError = "open"
     token_limit_mode: TokenLimitMode = "cap"
+    access_log: bool = False
+    """One INFO line per request on ``servegate.access`` (off by default: it costs CPU)."""
 
 
 async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -16,19 +16,7 @@ from servegate.app import GatewaySettings
 from servegate.auth.callers import AuthFileError
 from servegate.logs import setup_logging
 from servegate.server import ListenError, run_gateway, run_workers
-from servegate.simulators.server import (
-    EXAMPLE_PORTS,
-    PROVIDER_SIMULATORS,
-    AzureSimConfig,
-    CustomSimConfig,
-    EntraSimConfig,
-    OpenAISimConfig,
-    ProviderSimConfig,
-    RunningSimulators,
-    SimulatorConfig,
-    run_simulators,
-    serve_forever,
-)
+from servegate.simulators.ports import EXAMPLE_PORTS
 from servegate.spec.manifest import load_manifests
 from servegate.spec.schema import print_crd
 from servegate.transport.client import Timeouts
@@ -37,7 +25,6 @@ from servegate.transport.credentials import DEFAULT_AUTHORITY_HOST
 log = logging.getLogger("servegate")
 
 # The credentials examples/secrets/ holds, accepted by the quickstart's simulators.
-QUICKSTART_OPENAI_KEY = "sk-servegate-simulator"
 QUICKSTART_CUSTOM_TOKEN = "local-llm-token"
 
 
@@ -75,6 +62,11 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="Microsoft Entra ID authority host for azuread endpoints",
     )
     parser.add_argument("--no-watch", action="store_true", help="do not reload on file changes")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per request (request id, status, duration, endpoint, entity, caller)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -164,6 +156,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         redis_url=args.redis_url,
         rate_limit_failure=args.rate_limit_failure,
         token_limit_mode=args.token_limit_mode,
+        access_log=args.access_log,
     )
 
 
@@ -230,36 +223,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 1 if result.errors else 0
 
 
-def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
-    only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = set(only) - set(EXAMPLE_PORTS)
-    if unknown:
-        raise SystemExit(f"servegate: unknown simulators: {', '.join(sorted(unknown))}")
-    keys = tuple(args.openai_key or [QUICKSTART_OPENAI_KEY])
-    ports = {name: getattr(args, f"{name}_port") for name in EXAMPLE_PORTS}
-    return SimulatorConfig(
-        host=args.host,
-        openai=OpenAISimConfig(port=ports["openai"], api_keys=keys) if "openai" in only else None,
-        azure=AzureSimConfig(port=ports["azure"], api_keys=keys) if "azure" in only else None,
-        custom=CustomSimConfig(port=ports["custom"], bearer_token=args.custom_token)
-        if "custom" in only
-        else None,
-        entra=EntraSimConfig(port=ports["entra"], tls_cert=args.tls_cert, tls_key=args.tls_key)
-        if "entra" in only
-        else None,
-        providers={
-            name: ProviderSimConfig(port=ports[name])
-            for name in only
-            if name in PROVIDER_SIMULATORS
-        },
-    )
-
-
-def _print_simulators(running: RunningSimulators) -> None:
-    for sim in running.all():
-        print(f"servegate: simulator {sim.name} listening on {sim.root_url}", flush=True)
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not args.allow_external:
         print(
@@ -268,51 +231,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from servegate.quickstart import run_simulate  # the simulators load only when asked for
+
     try:
-        asyncio.run(serve_forever(simulator_config(args), on_ready=_print_simulators))
+        asyncio.run(run_simulate(args))
     except OSError as exc:
         print(f"servegate: cannot start the simulators: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
-
-
-QUICKSTART_TRY = """
-Try it (in another terminal):
-
-  curl -s http://127.0.0.1:{port}/serving-endpoints/chat/invocations \\
-    -H 'Content-Type: application/json' \\
-    -d '{{"messages": [{{"role": "user", "content": "Hello!"}}]}}'
-
-  curl -sN http://127.0.0.1:{port}/serving-endpoints/chat/invocations \\
-    -H 'Content-Type: application/json' \\
-    -d '{{"messages": [{{"role": "user", "content": "Stream a story"}}], "stream": true}}'
-
-  curl -s http://127.0.0.1:{port}/serving-endpoints/embeddings/invocations \\
-    -H 'Content-Type: application/json' -d '{{"input": ["servegate"]}}'
-
-  python3 -c 'from openai import OpenAI; c = OpenAI(base_url="http://127.0.0.1:{port}/serving-endpoints", api_key="unused"); print(c.chat.completions.create(model="chat", messages=[{{"role": "user", "content": "Hi"}}]).choices[0].message.content)'
-
-  curl -s http://127.0.0.1:{port}/api/2.0/serving-endpoints    # every endpoint and its state
-
-The chat endpoint splits 80/20 between gpt-4o-mini and local-llama: see the served-model-name header.
-Press Ctrl-C to stop.
-"""
-
-
-async def _quickstart(examples: Path, port: int) -> None:
-    config = SimulatorConfig(
-        openai=OpenAISimConfig(port=EXAMPLE_PORTS["openai"], api_keys=(QUICKSTART_OPENAI_KEY,)),
-        custom=CustomSimConfig(port=EXAMPLE_PORTS["custom"], bearer_token=QUICKSTART_CUSTOM_TOKEN),
-        azure=None,
-        entra=None,
-        providers={
-            name: ProviderSimConfig(port=EXAMPLE_PORTS[name]) for name in PROVIDER_SIMULATORS
-        },
-    )
-    async with run_simulators(config) as running:
-        _print_simulators(running)
-        settings = GatewaySettings(paths=(examples,), secrets_dir=examples / "secrets")
-        await run_gateway(settings, "127.0.0.1", port, banner=QUICKSTART_TRY.format(port=port))
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -324,8 +250,10 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         )
         return 2
     log.warning("quickstart: unauthenticated, on 127.0.0.1 only, against local simulators")
+    from servegate.quickstart import run_quickstart
+
     try:
-        asyncio.run(_quickstart(args.examples, args.port))
+        asyncio.run(run_quickstart(args.examples, args.port))
     except OSError as exc:
         print(
             f"servegate: cannot start: {exc.strerror or exc} (is something on the port?)",

@@ -56,6 +56,8 @@ async def run_gateway(
     on_listening: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get time to finish."""
+    access = logging.getLogger("servegate.access")
+    access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()

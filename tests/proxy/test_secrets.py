@@ -66,6 +66,7 @@ def test_canaries_never_leak(tmp_path: Path, sim: str, background_loop: Backgrou
             str(tmp_path / "m"),
             "--secrets-dir",
             str(tmp_path / "secrets"),
+            "--access-log",
         ],
         tmp_path / "gw.log",
     )

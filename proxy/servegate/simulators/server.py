@@ -29,6 +29,7 @@ from .cohere import create_cohere_app
 from .custom import create_custom_app
 from .entra import create_entra_app
 from .openai import create_openai_app
+from .ports import EXAMPLE_PORTS
 from .tls import server_ssl_context
 from .tokens import TokenRegistry
 from .vertex import create_vertex_app
@@ -94,20 +95,6 @@ class ProviderSimConfig:
     port: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
 
-
-# The port each simulator takes in `servegate simulate` and the quickstart: the manifests in
-# examples/ point at these.
-EXAMPLE_PORTS: dict[str, int] = {
-    "openai": 8901,
-    "azure": 8902,
-    "custom": 8903,
-    "entra": 8904,
-    "anthropic": 8905,
-    "cohere": 8906,
-    "bedrock": 8907,
-    "vertex": 8908,
-    "ai21": 8909,
-}
 
 # Simulators configured by ProviderSimConfig: name → app factory.
 PROVIDER_SIMULATORS: dict[str, Callable[..., web.Application]] = {

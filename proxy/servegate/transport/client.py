@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -48,7 +49,10 @@ class UpstreamClient:
                 sock_read=self.timeouts.first_byte,
             ),
             auto_decompress=True,
-            trust_env=True,
+            # Proxy settings from the environment are honoured, but only looked up when
+            # there are some: trust_env costs a netrc read and an environment scan per
+            # request (a third of the gateway's CPU in the profile).
+            trust_env=bool(urllib.request.getproxies()),
             skip_auto_headers=("User-Agent",),
         )
 

@@ -23,11 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import google.auth.transport.requests
-import msal
 import orjson
-from google.auth.credentials import TokenState
-from google.oauth2 import service_account
 
 from servegate.ingress.errors import GatewayError, UpstreamUnavailable
 
@@ -71,6 +67,8 @@ class EntraTokenSource:
 
     def _acquire(self) -> str:
         if self._app is None:
+            import msal  # only gateways with azuread endpoints pay for it
+
             self._app = msal.ConfidentialClientApplication(
                 self.client_id,
                 client_credential=self.client_secret,
@@ -109,6 +107,12 @@ class GoogleTokenSource:
     """
 
     def __init__(self, raw_key: str) -> None:
+        # Imported here: only gateways with Vertex AI endpoints pay for google-auth.
+        import google.auth.transport.requests
+        from google.auth.credentials import TokenState
+        from google.oauth2 import service_account
+
+        self._fresh = TokenState.FRESH
         try:
             info = orjson.loads(raw_key)
         except orjson.JSONDecodeError:
@@ -133,9 +137,9 @@ class GoogleTokenSource:
         self._lock = asyncio.Lock()
 
     async def token(self) -> str:
-        if self._credentials.token_state is not TokenState.FRESH:
+        if self._credentials.token_state is not self._fresh:
             async with self._lock:  # single flight: concurrent requests wait for one fetch
-                if self._credentials.token_state is not TokenState.FRESH:
+                if self._credentials.token_state is not self._fresh:
                     await asyncio.to_thread(self._credentials.refresh, self._http)
         return str(self._credentials.token)
 
