@@ -15,7 +15,7 @@ from servegate import __version__
 from servegate.app import GatewaySettings
 from servegate.auth.callers import AuthFileError
 from servegate.logs import setup_logging
-from servegate.server import ListenError, run_gateway, run_workers
+from servegate.server import ListenError, run_gateway, run_loop, run_workers
 from servegate.simulators.ports import EXAMPLE_PORTS
 from servegate.spec.manifest import load_manifests
 from servegate.spec.schema import print_crd
@@ -197,7 +197,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if args.workers > 1:
             return run_workers(settings, args.host, args.port, args.workers)
-        asyncio.run(run_gateway(settings, args.host, args.port))
+        run_loop(run_gateway(settings, args.host, args.port))
     except AuthFileError as exc:
         print(f"servegate: {exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.queues import Queue
 from typing import Any
 
@@ -86,13 +86,24 @@ async def run_gateway(
         await runner.cleanup()
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop (libuv's event loop: a faster socket path than asyncio's
+    selector loop), or on asyncio's own loop where uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def _worker(settings: GatewaySettings, host: str, port: int, ready: Queue[Any]) -> None:
     stop_logging = setup_logging(
         os.environ.get("SERVEGATE_LOG_LEVEL", "INFO"),
         fmt=f"%(asctime)s %(levelname)s %(name)s [worker {os.getpid()}] %(message)s",
     )
     try:
-        asyncio.run(run_gateway(settings, host, port, reuse_port=True, on_listening=ready.put))
+        run_loop(run_gateway(settings, host, port, reuse_port=True, on_listening=ready.put))
     except ListenError as exc:
         ready.put(f"error: {exc}")
     finally:
