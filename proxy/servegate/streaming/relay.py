@@ -72,14 +72,12 @@ async def relay_stream(
                 continue
             if response is None:
                 response = await _start(request, headers)
-            for frame in frames:
-                await response.write(frame)
+            # One write per upstream read: the frames that arrived together leave together.
+            await response.write(b"".join(frames))
         frames = translator.finish()
         if response is None:
             response = await _start(request, headers)
-        for frame in frames:
-            await response.write(frame)
-        await response.write(DONE_FRAME)
+        await response.write(b"".join([*frames, DONE_FRAME]))
     except GatewayError as error:
         if response is None:
             raise
