@@ -35,6 +35,8 @@ class SSEDecoder:
 
     def decode(self, chunk: bytes) -> list[SSEEvent]:
         self._buffer += chunk
+        if not self._has_fields and b"\r" not in self._buffer:
+            return self._decode_blocks()
         events: list[SSEEvent] = []
         while True:
             line, sep, rest = _split_line(self._buffer)
@@ -42,6 +44,22 @@ class SSEDecoder:
                 break
             self._buffer = rest
             event = self._take_line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _decode_blocks(self) -> list[SSEEvent]:
+        """The common case (LF line ends, nothing pending): split whole events at blank
+        lines, and take single-line ``data:`` events without the line-by-line parser."""
+        *blocks, self._buffer = self._buffer.split(b"\n\n")
+        events: list[SSEEvent] = []
+        for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(SSEEvent(block[6:]))
+                continue
+            for line in block.split(b"\n"):
+                self._take_line(line)
+            event = self._dispatch()
             if event is not None:
                 events.append(event)
         return events

@@ -47,3 +47,26 @@ def test_encoder_emits_data_lines_only() -> None:
     assert encode_data(b'{"x":1}') == b'data: {"x":1}\n\n'
     assert encode_data(b"a\nb") == b"data: a\ndata: b\n\n"
     assert decode_in_pieces([encode_data(b"a\nb")]) == [SSEEvent(b"a\nb")]
+
+
+LF_ONLY = (
+    b": comment\n\n"
+    b'data: {"a": 1}\n\n'
+    b"event: message\nid: 7\ndata: line one\ndata: line two\n\n"
+    b"data:no-space\n\n"
+    b"\n\n"
+    b"retry: 5\n\n"
+    b"data: [DONE]\n\n"
+)
+LF_EVENTS = [
+    SSEEvent(b'{"a": 1}'),
+    SSEEvent(b"line one\nline two", event="message", id="7"),
+    SSEEvent(b"no-space"),
+    SSEEvent(b"[DONE]"),
+]
+
+
+@pytest.mark.parametrize("cut", range(len(LF_ONLY) + 1))
+def test_lf_only_streams_take_the_fast_path_with_the_same_events(cut: int) -> None:
+    assert decode_in_pieces([LF_ONLY[:cut], LF_ONLY[cut:]]) == LF_EVENTS
+    assert decode_in_pieces([LF_ONLY[i : i + 1] for i in range(len(LF_ONLY))]) == LF_EVENTS
