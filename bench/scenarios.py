@@ -1,0 +1,104 @@
+"""The scenarios and the gateways under test.
+
+Every scenario sends the same OpenAI-shaped request to every gateway, on the same path
+(servegate's OpenAI-compatible routes take the endpoint name as ``model``; the fake
+upstream ignores it), so only the base URL changes between gateways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway_config import CHAT, CLAUDE, EMBED, LIMITED
+
+Kind = Literal["direct", "bare", "servegate"]
+
+MESSAGES = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": "Say hello in one short sentence."},
+]
+
+
+def chat(model: str, *, stream: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": MESSAGES, "max_tokens": 64}
+    body["temperature"] = 0.2
+    if stream:
+        body["stream"] = True
+    return body
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    path: str
+    body: dict[str, Any]
+    concurrency: int
+    latency_run: bool = False  # c=1: measured with loadgen for exact percentiles
+    stream: bool = False  # also measure time to first byte with loadgen
+    servegate_only: bool = False  # needs translation or limits: n/a for direct and bare
+    needs_redis: bool = False
+    baseline: str | None = None  # the scenario it is compared with, on the same gateway
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "chat-c1",
+        "Unary chat, c=1 (added latency)",
+        "/v1/chat/completions",
+        chat(CHAT),
+        1,
+        latency_run=True,
+    ),
+    Scenario("chat-c64", "Unary chat, c=64 (throughput)", "/v1/chat/completions", chat(CHAT), 64),
+    Scenario(
+        "limited-c64",
+        "Unary chat with call rate limits on Redis (endpoint + user), c=64",
+        "/v1/chat/completions",
+        chat(LIMITED),
+        64,
+        servegate_only=True,
+        needs_redis=True,
+        baseline="chat-c64",
+    ),
+    Scenario(
+        "stream-c16",
+        "Streamed chat, 50 chunks, c=16",
+        "/v1/chat/completions",
+        chat(CHAT, stream=True),
+        16,
+        stream=True,
+    ),
+    Scenario(
+        "embed-c16",
+        "Embeddings (1 input, 1536 dims), c=16",
+        "/v1/embeddings",
+        {"model": EMBED, "input": "The quick brown fox jumps over the lazy dog."},
+        16,
+    ),
+    Scenario(
+        "anthropic-c64",
+        "Chat translated to Anthropic Messages, c=64",
+        "/v1/chat/completions",
+        chat(CLAUDE),
+        64,
+        servegate_only=True,
+        baseline="chat-c64",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class GatewaySpec:
+    name: str
+    kind: Kind
+    workers: int = 1
+    cpus: str | None = None  # taskset CPU list; None for direct (no process)
+    only: tuple[str, ...] | None = None  # scenario keys; None = every applicable one
+    note: str = ""
+
+    def runs(self, scenario: Scenario) -> bool:
+        if self.only is not None and scenario.key not in self.only:
+            return False
+        return self.kind == "servegate" or not scenario.servegate_only
