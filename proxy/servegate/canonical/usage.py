@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -48,3 +50,29 @@ def estimate_tokens(characters: int) -> int:
     """Tokens for text whose provider has not counted it yet: (characters + 1) / 4, the
     estimate the platform documents for usage tracking."""
     return (characters + 1) // 4
+
+
+def usage_near_end(body: bytes) -> Usage | None:
+    """The ``usage`` object of an OpenAI-shaped JSON body, read without parsing the rest.
+
+    OpenAI writes ``usage`` last; an embeddings response is otherwise thousands of floats,
+    and parsing them all only to count tokens would cost more than the rest of the request.
+    None when there is no such object (the caller then parses the body).
+    """
+    at = body.rfind(b'"usage"')
+    start = body.find(b"{", at) if at != -1 else -1
+    if start == -1 or body[at + 7 : start].strip(b" \t\r\n:"):
+        return None
+    depth = 0
+    for end in range(start, len(body)):
+        char = body[end]
+        if char == 0x7B:  # {
+            depth += 1
+        elif char == 0x7D:  # }
+            depth -= 1
+            if depth == 0:
+                try:
+                    return Usage.from_openai(orjson.loads(body[start : end + 1]))
+                except orjson.JSONDecodeError:
+                    return None
+    return None

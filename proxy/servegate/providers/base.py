@@ -47,7 +47,8 @@ class UpstreamRequest:
 class Translated:
     """A complete (non-streamed) response, already in the client's OpenAI shape."""
 
-    body: dict[str, Any]
+    body: dict[str, Any] | None
+    """The answer as data (None when ``raw`` carries it unread)."""
     usage: Usage | None
     raw: bytes | None = None
     """The upstream's own bytes when they already are the answer (OpenAI-format passthrough):

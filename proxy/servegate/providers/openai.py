@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import orjson
 
 from servegate.canonical.requests import QueryRequest
-from servegate.canonical.usage import Usage
+from servegate.canonical.usage import Usage, usage_near_end
 from servegate.ingress.errors import UpstreamError, UpstreamUnavailable
 from servegate.providers.base import Provider, StreamTranslator, Translated, UpstreamRequest
 from servegate.spec.endpoint import ExternalModel, Task
@@ -126,6 +126,10 @@ class OpenAIFormatProvider(Provider):
         )
 
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated:
+        if query.task == Task.EMBEDDINGS and body.rstrip().endswith(b"}"):
+            usage = usage_near_end(body)
+            if usage is not None:  # passed through as is; only the usage is read
+                return Translated(body=None, usage=usage, raw=body)
         data = self.load_json(body, self.name)
         return Translated(body=data, usage=Usage.from_openai(data.get("usage")), raw=body)
 

@@ -10,6 +10,7 @@ scrape, whichever worker answers it, reports the sum over all workers.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,9 +28,18 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+@dataclass(frozen=True, slots=True)
+class _Children:
+    requests: Counter
+    latency: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
+
+
 class Metrics:
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._children: dict[tuple[str, str, str, str, int, bool], _Children] = {}
         # In multiprocess mode the values go to files; exposition collects them all (render).
         self.registry: CollectorRegistry | None = (
             None if self.multiprocess else CollectorRegistry(auto_describe=True)
@@ -108,11 +118,20 @@ class Metrics:
         stream: bool,
         usage: Usage | None,
     ) -> None:
-        self.requests.labels(endpoint, entity, provider, task, str(status)).inc()
-        self.latency.labels(endpoint, entity, task, "true" if stream else "false").observe(seconds)
+        key = (endpoint, entity, provider, task, status, stream)
+        children = self._children.get(key)
+        if children is None:  # label lookups take a lock each: resolve once per combination
+            children = self._children[key] = _Children(
+                self.requests.labels(endpoint, entity, provider, task, str(status)),
+                self.latency.labels(endpoint, entity, task, "true" if stream else "false"),
+                self.tokens.labels(endpoint, entity, "prompt"),
+                self.tokens.labels(endpoint, entity, "completion"),
+            )
+        children.requests.inc()
+        children.latency.observe(seconds)
         if usage is not None:
-            self.tokens.labels(endpoint, entity, "prompt").inc(usage.prompt_tokens)
-            self.tokens.labels(endpoint, entity, "completion").inc(usage.completion_tokens)
+            children.prompt_tokens.inc(usage.prompt_tokens)
+            children.completion_tokens.inc(usage.completion_tokens)
 
     def render(self) -> bytes:
         if self.registry is not None:
