@@ -35,6 +35,16 @@ def test_operator_folder_does_not_shadow_the_stdlib() -> None:
     assert run("-c", check).stdout.strip() == "True"
 
 
+def test_validate_warns_about_unknown_fields(tmp_path: Path) -> None:
+    """Unknown fields are kept, as the platform does, but a misplaced one is reported."""
+    doc = endpoint_doc("e", [openai_entity("m", "http://127.0.0.1:1/v1")])
+    doc["spec"]["config"]["ai_gateway"] = {"rate_limits": []}  # belongs one level up
+    path = write_yaml(tmp_path / "e.yaml", doc)
+    result = run("-m", "servegate", "validate", str(path))
+    assert result.returncode == 0
+    assert f"warn   {path}#0 (endpoint 'e'): spec.config.ai_gateway: unknown field" in result.stdout
+
+
 def test_validate_reports_file_document_and_field(tmp_path: Path) -> None:
     good = endpoint_doc("good", [openai_entity("m", "http://127.0.0.1:1/v1")])
     bad = endpoint_doc("bad", [openai_entity("m", "http://127.0.0.1:1/v1", task="llm/v1/chatty")])

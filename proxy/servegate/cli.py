@@ -217,6 +217,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(
             f"ok     {endpoint.source}: endpoint '{endpoint.name}' ({endpoint.manifest.spec.task})"
         )
+    for warning in result.warnings:
+        print(f"warn   {warning}")
     for error in result.errors:
         print(f"error  {error}")
     print(f"{len(result.endpoints)} valid, {len(result.errors)} invalid")

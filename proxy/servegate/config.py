@@ -106,6 +106,8 @@ class ConfigSource:
     def load(self, previous: RuntimeConfig | None = None) -> RuntimeConfig:
         """Read every manifest and build the next config (blocking file I/O: run off-loop)."""
         result = load_manifests(self.paths)
+        for warning in result.warnings:
+            log.warning("manifest: %s", warning)
         now_ms = int(time.time() * 1000)
         prev = previous or RuntimeConfig()
         endpoints = {

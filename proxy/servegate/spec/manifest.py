@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from servegate.spec.endpoint import ServingEndpointSpec
 from servegate.spec.providers import SpecError, SpecModel
@@ -154,6 +154,23 @@ class LoadResult:
 
     endpoints: list[LoadedEndpoint] = field(default_factory=list)
     errors: list[ManifestError] = field(default_factory=list)
+    warnings: list[ManifestError] = field(default_factory=list)
+    """Fields servegate does not know: kept (the platform tolerates them), but reported,
+    since a misplaced field (``ai_gateway`` under ``config``) would otherwise do nothing."""
+
+
+def unknown_fields(model: BaseModel, path: str) -> list[str]:
+    """Dotted paths of every field a model tree accepted without knowing it."""
+    found = [f"{path}.{name}" for name in (model.model_extra or {})]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            found += unknown_fields(value, f"{path}.{name}")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    found += unknown_fields(item, f"{path}.{name}[{index}]")
+    return found
 
 
 def _manifest_files(path: Path) -> Iterator[Path]:
@@ -262,3 +279,7 @@ def _load_file(path: Path, result: LoadResult, defined_in: dict[str, str]) -> No
             continue
         defined_in[name] = source
         result.endpoints.append(LoadedEndpoint(name, manifest, source))
+        result.warnings.extend(
+            ManifestError(source, name, path, "unknown field: kept, but servegate does not use it")
+            for path in unknown_fields(manifest.spec, "spec")
+        )
