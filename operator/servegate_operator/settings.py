@@ -39,6 +39,11 @@ class GatewayDefaults:
     are not authenticated (the gateway runs with --insecure-no-auth: restrict it with a
     NetworkPolicy)."""
     run_as_user: int = 10001
+    security_context: Mapping[str, Any] = field(default_factory=dict)
+    """Merged over the container's secure defaults (non-root, read-only root filesystem,
+    no privilege escalation, no capabilities, seccomp RuntimeDefault)."""
+    pod_security_context: Mapping[str, Any] = field(default_factory=dict)
+    """Merged over the pod's defaults (runAsNonRoot, fsGroup, seccomp RuntimeDefault)."""
     workers: int = 1
     """Gateway worker processes per pod (``--workers``): one per CPU the pod may use."""
     redis_url: str | None = None
@@ -78,6 +83,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         auth_secret=env.get("SERVEGATE_GATEWAY_AUTH_SECRET") or None,
         redis_url=env.get("SERVEGATE_GATEWAY_REDIS_URL") or None,
         workers=int(env.get("SERVEGATE_GATEWAY_WORKERS", 1)),
+        security_context=_json_env(env, "SERVEGATE_GATEWAY_SECURITY_CONTEXT", {}),
+        pod_security_context=_json_env(env, "SERVEGATE_GATEWAY_POD_SECURITY_CONTEXT", {}),
     )
     interval = float(env.get("SERVEGATE_RECONCILE_INTERVAL", 60))
     return OperatorSettings(gateway=gateway, reconcile_interval_s=interval)

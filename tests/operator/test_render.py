@@ -211,6 +211,8 @@ def test_service_pdb_hpa_and_auth_secret() -> None:
         service_annotations={"a": "b"},
         redis_url="redis://redis.shared:6379",
         workers=2,
+        security_context={"runAsUser": 20002},
+        pod_security_context={"fsGroup": 20002},
     )
     chat = render_endpoint("chat", "ns", example("chat").spec)
     deployment = render_deployment("ns", [chat], defaults)
@@ -220,6 +222,9 @@ def test_service_pdb_hpa_and_auth_secret() -> None:
     assert container["args"][-2:] == ["--auth-file", "/etc/servegate/auth/auth.yaml"]
     assert {"name": "SERVEGATE_REDIS_URL", "value": "redis://redis.shared:6379"} in container["env"]
     assert container["args"][container["args"].index("--workers") + 1] == "2"
+    assert container["securityContext"]["runAsUser"] == 20002
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True  # defaults kept
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 20002
     for obj in (
         render_service("ns", defaults),
         render_pdb("ns", defaults),

@@ -127,6 +127,7 @@ def render_deployment(
             "runAsGroup": gateway.run_as_user,
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
+            **gateway.security_context,
         },
     }
     deployment: dict[str, Any] = {
@@ -153,6 +154,7 @@ def render_deployment(
                         "runAsNonRoot": True,
                         "fsGroup": gateway.run_as_user,
                         "seccompProfile": {"type": "RuntimeDefault"},
+                        **gateway.pod_security_context,
                     },
                     "containers": [container],
                     "volumes": volumes,
