@@ -61,6 +61,8 @@ class EndpointRuntime:
     spec_digest: str
     problems: tuple[str, ...] = ()
     rate_limits: tuple[AiGatewayRateLimit, ...] = ()
+    fallback: bool = False
+    """``ai_gateway.fallback_config.enabled``, read once at load."""
     rejected_update: str | None = None
     """Why the newest version on disk is not served (the last good one is)."""
 
@@ -174,6 +176,11 @@ class ConfigSource:
             spec_digest=digest,
             problems=tuple(problems),
             rate_limits=endpoint_rules(spec),
+            fallback=bool(
+                spec.ai_gateway
+                and spec.ai_gateway.fallback_config
+                and spec.ai_gateway.fallback_config.enabled
+            ),
         )
 
     def _entity(self, name: str, model: ExternalModel) -> EntityRuntime:

@@ -125,9 +125,9 @@ def _attempts(endpoint: EndpointRuntime, entity_name: str | None) -> list[Entity
     with fallback enabled, the others (routing/fallback.py)."""
     if entity_name is not None:
         return [_pick_entity(endpoint, entity_name)]
-    gateway = endpoint.spec.ai_gateway
-    enabled = bool(gateway and gateway.fallback_config and gateway.fallback_config.enabled)
-    names = attempt_order(list(endpoint.entities), endpoint.split.choose(), enabled=enabled)
+    names = attempt_order(
+        list(endpoint.entities), endpoint.split.choose(), enabled=endpoint.fallback
+    )
     return [endpoint.entities[name] for name in names]
 
 
