@@ -44,6 +44,7 @@ async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[keys.upstream_client].start()
     yield
     await app[keys.upstream_client].close()
+    await app[keys.rate_limiter].close()
 
 
 def create_app(settings: GatewaySettings) -> web.Application:

@@ -84,10 +84,10 @@ async def answer_query(
     except RateLimited:
         app[keys.metrics].rate_limited.labels(endpoint.name).inc()
         raise
-    if admission is None or not admission.token_buckets:
+    if admission is None or not admission.token_charges:
         return await _answer(request, endpoint, entity_name, query)
     prompt_tokens = estimate_tokens(query.prompt_characters())
-    cap = await limiter.cap(admission, prompt_tokens)
+    cap = limiter.cap(admission, prompt_tokens)
     if cap is not None and query.task != Task.EMBEDDINGS:
         query = query.with_max_tokens(cap)
     try:

@@ -13,38 +13,33 @@ Which limits apply to a caller (every one that applies must pass):
   members. Without ``principal`` it is a default for every group, one bucket per group.
   A caller in several limited groups must pass each of their limits.
 
-Windows come from the ``limits`` library (in Redis, atomic Lua scripts, so several
-replicas share one limit without lost updates). Calls use a moving window: exactly N
-calls in any 60 seconds, however the requests fall on the clock. Tokens use a
-sliding-window counter (cheap for large counts; an approximation at window edges).
-``Retry-After`` is the number of seconds until the window that refused the request frees
-up. Limits are checked in order (endpoint, personal, groups) and a request refused by
-one is not counted by those after it.
+Every limit that applies is checked and counted in one step: in Redis one Lua script, so
+one round trip per request, atomic across replicas (windows.py has the windows: a moving
+window for calls, exactly N in any 60 s; a sliding-window counter for tokens). A request
+refused by one limit is counted by none. ``Retry-After`` is the number of seconds until the
+limit that refused the request has room again. Each rule keeps its own counters, keyed by
+its position in the endpoint's list, so two rules never share a bucket.
 
 Calls are counted when a request is admitted. Tokens (input + output) are charged when
 the response ends, streamed or not; a request is admitted while its token buckets have
 room, and by default its ``max_tokens`` is capped to that room (less the estimated
 prompt), so the provider itself stops the answer at the budget, with
 ``finish_reason: "length"`` and real usage, instead of overshooting
-(``--token-limit-mode after`` only charges afterwards).
+(``--token-limit-mode after`` only charges afterwards). Charging is one more round trip,
+made when the response has ended, and only for endpoints with token limits.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
-from limits.storage import storage_from_string
-
 from servegate.auth.callers import Principal
 from servegate.ingress.errors import GatewayError
+from servegate.policy.windows import Check, Kind, MemoryWindows, RedisWindows, WindowStore
 from servegate.spec import AiGatewayRateLimit, RateLimitKey, ServingEndpointSpec
 
 log = logging.getLogger(__name__)
@@ -69,6 +64,8 @@ class Bucket:
 
     rule: AiGatewayRateLimit
     scope: str  # "endpoint" | "user:<name>" | "sp:<name>" | "group:<name>"
+    index: int = 0
+    """The rule's position in the endpoint's list: each rule counts on its own."""
 
     def describe(self, endpoint: str) -> str:
         who = {
@@ -96,24 +93,25 @@ def _rules(spec: ServingEndpointSpec) -> list[AiGatewayRateLimit]:
 
 def applicable(rules: Sequence[AiGatewayRateLimit], caller: Principal) -> list[Bucket]:
     """The buckets a request by ``caller`` must pass, by the precedence in the module doc."""
-    buckets = [Bucket(r, "endpoint") for r in rules if r.key == RateLimitKey.ENDPOINT]
+    indexed = list(enumerate(rules))
+    buckets = [Bucket(r, "endpoint", i) for i, r in indexed if r.key == RateLimitKey.ENDPOINT]
     personal_key = (
         RateLimitKey.SERVICE_PRINCIPAL
         if caller.kind == "service_principal"
         and any(r.key == RateLimitKey.SERVICE_PRINCIPAL for r in rules)
         else RateLimitKey.USER
     )
-    personal = [r for r in rules if r.key == personal_key]
-    own = [r for r in personal if r.principal == caller.name] or [
-        r for r in personal if r.principal is None
+    personal = [(i, r) for i, r in indexed if r.key == personal_key]
+    own = [(i, r) for i, r in personal if r.principal == caller.name] or [
+        (i, r) for i, r in personal if r.principal is None
     ]
     prefix = "sp" if personal_key == RateLimitKey.SERVICE_PRINCIPAL else "user"
-    buckets += [Bucket(r, f"{prefix}:{caller.name}") for r in own]
-    group_rules = [r for r in rules if r.key == RateLimitKey.USER_GROUP]
+    buckets += [Bucket(r, f"{prefix}:{caller.name}", i) for i, r in own]
+    group_rules = [(i, r) for i, r in indexed if r.key == RateLimitKey.USER_GROUP]
     for group in sorted(caller.groups):
-        named = [r for r in group_rules if r.principal == group]
-        chosen = named or [r for r in group_rules if r.principal is None]
-        buckets += [Bucket(r, f"group:{group}") for r in chosen]
+        named = [(i, r) for i, r in group_rules if r.principal == group]
+        chosen = named or [(i, r) for i, r in group_rules if r.principal is None]
+        buckets += [Bucket(r, f"group:{group}", i) for i, r in chosen]
     return buckets
 
 
@@ -122,13 +120,18 @@ class Admission:
     """What admission decided: the token room left (None: no token limit) and what to charge."""
 
     endpoint: str
-    token_buckets: Sequence[Bucket]
+    token_charges: Sequence[tuple[str, int]]
+    """The (window key, token limit) of each token bucket that applied."""
     token_room: int | None
     tightest: Bucket | None = None
     """The token bucket with the least room."""
+    room_grows_in: float = 0.0
+    """Seconds until that room next grows (the refusal's Retry-After)."""
 
 
 class RateLimiter:
+    """Admission and charging for every endpoint, on one window store."""
+
     def __init__(
         self,
         storage_url: str | None = None,
@@ -136,15 +139,11 @@ class RateLimiter:
         on_error: OnError = "open",
         token_mode: TokenLimitMode = "cap",
         on_storage_error: Callable[[], None] | None = None,
+        windows: WindowStore | None = None,
     ) -> None:
-        self.storage: Storage = MemoryStorage()
-        if storage_url:
-            storage = storage_from_string(_async_url(storage_url))
-            if not isinstance(storage, Storage):
-                raise ValueError(f"not an async rate-limit storage URL: {storage_url}")
-            self.storage = storage
-        self.calls = MovingWindowRateLimiter(self.storage)
-        self.limiter = SlidingWindowCounterRateLimiter(self.storage)
+        self.windows: WindowStore = windows or (
+            RedisWindows(storage_url) if storage_url else MemoryWindows()
+        )
         self.on_error = on_error
         self.token_mode = token_mode
         self._on_storage_error = on_storage_error or (lambda: None)
@@ -158,10 +157,9 @@ class RateLimiter:
         buckets = applicable(rules, caller)
         if not buckets:
             return None
+        checks = [Check(_key(endpoint, b), b.rule.calls, b.rule.tokens) for b in buckets]
         try:
-            return await self._admit(endpoint, buckets)
-        except GatewayError:
-            raise
+            verdict = await self.windows.admit(checks)
         except Exception as exc:  # storage down: the documented policy decides
             self._on_storage_error()
             log.warning("rate-limit storage failed (%s); failing %s", exc, self.on_error)
@@ -170,39 +168,13 @@ class RateLimiter:
                     "Rate limits cannot be checked right now; try again shortly.", retry_after=5
                 ) from None
             return None
+        if not verdict.admitted:
+            raise _refusal(endpoint, buckets[verdict.refused], verdict.kind, verdict.wait)
+        charges = [(c.key, c.tokens) for c in checks if c.tokens is not None]
+        tightest = buckets[verdict.tightest] if verdict.tightest >= 0 else None
+        return Admission(endpoint, charges, verdict.room, tightest, verdict.wait)
 
-    async def _admit(self, endpoint: str, buckets: list[Bucket]) -> Admission:
-        room: int | None = None
-        tightest: Bucket | None = None
-        for bucket in buckets:
-            if bucket.rule.calls is not None:
-                item = RateLimitItemPerMinute(bucket.rule.calls)
-                if not await self.calls.hit(item, endpoint, bucket.scope, "calls"):
-                    raise await self._refusal(item, endpoint, bucket, "calls")
-        token_buckets = [b for b in buckets if b.rule.tokens is not None]
-        for bucket in token_buckets:
-            item = RateLimitItemPerMinute(bucket.rule.tokens or 0)
-            stats = await self.limiter.get_window_stats(item, endpoint, bucket.scope, "tokens")
-            if stats.remaining <= 0:
-                raise await self._refusal(item, endpoint, bucket, "tokens")
-            if room is None or stats.remaining < room:
-                room, tightest = stats.remaining, bucket
-        return Admission(endpoint, token_buckets, room, tightest)
-
-    async def _refusal(
-        self, item: RateLimitItemPerMinute, endpoint: str, bucket: Bucket, kind: str
-    ) -> RateLimited:
-        strategy = self.calls if kind == "calls" else self.limiter
-        stats = await strategy.get_window_stats(item, endpoint, bucket.scope, kind)
-        wait = max(1, math.ceil(stats.reset_time - time.time()))
-        amount = bucket.rule.calls if kind == "calls" else bucket.rule.tokens
-        return RateLimited(
-            f"Request limit exceeded: {bucket.describe(endpoint)} allows {amount} {kind} "
-            f"per minute; retry in {wait} s.",
-            retry_after=wait,
-        )
-
-    async def cap(self, admission: Admission | None, prompt_tokens: int) -> int | None:
+    def cap(self, admission: Admission | None, prompt_tokens: int) -> int | None:
         """The ``max_tokens`` that keeps a request inside its token room (None: no cap).
 
         Raises RateLimited when even the prompt would not fit in the room left."""
@@ -211,9 +183,7 @@ class RateLimiter:
         room = admission.token_room - prompt_tokens
         if room > 0 or admission.tightest is None:
             return max(room, 1)
-        bucket = admission.tightest
-        item = RateLimitItemPerMinute(bucket.rule.tokens or 0)
-        raise await self._refusal(item, admission.endpoint, bucket, "tokens")
+        raise _refusal(admission.endpoint, admission.tightest, "tokens", admission.room_grows_in)
 
     async def charge(self, admission: Admission, tokens: int) -> None:
         """Charge a finished response's tokens to every token bucket that applied.
@@ -221,24 +191,28 @@ class RateLimiter:
         A window never holds more than its limit, so a response that overshoots fills it
         (and the next request waits for it to free up) rather than borrowing ahead.
         """
-        if tokens <= 0:
+        if tokens <= 0 or not admission.token_charges:
             return
         try:
-            for bucket in admission.token_buckets:
-                item = RateLimitItemPerMinute(bucket.rule.tokens or 0)
-                ids = (admission.endpoint, bucket.scope, "tokens")
-                stats = await self.limiter.get_window_stats(item, *ids)
-                cost = min(tokens, stats.remaining)
-                if cost > 0 and not await self.limiter.hit(item, *ids, cost=cost):
-                    # another replica charged meanwhile: take what is left
-                    stats = await self.limiter.get_window_stats(item, *ids)
-                    if stats.remaining > 0:
-                        await self.limiter.hit(item, *ids, cost=stats.remaining)
+            await self.windows.charge(admission.token_charges, tokens)
         except Exception as exc:
             self._on_storage_error()
             log.warning("could not charge %d tokens to the rate-limit storage: %s", tokens, exc)
 
+    async def close(self) -> None:
+        await self.windows.close()
 
-def _async_url(url: str) -> str:
-    """``redis://…`` → ``async+redis://…`` (the limits library's async Redis storage)."""
-    return url if url.startswith("async+") else f"async+{url}"
+
+def _key(endpoint: str, bucket: Bucket) -> str:
+    """``{endpoint}:<scope>:<rule>``: the braces are Redis Cluster's hash tag."""
+    return f"{{{endpoint}}}:{bucket.scope}:{bucket.index}"
+
+
+def _refusal(endpoint: str, bucket: Bucket, kind: Kind, wait: float) -> RateLimited:
+    seconds = max(1, math.ceil(wait))
+    amount = bucket.rule.calls if kind == "calls" else bucket.rule.tokens
+    return RateLimited(
+        f"Request limit exceeded: {bucket.describe(endpoint)} allows {amount} {kind} "
+        f"per minute; retry in {seconds} s.",
+        retry_after=seconds,
+    )
