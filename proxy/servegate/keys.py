@@ -22,6 +22,8 @@ class AccessInfo:
     entity: str = "-"
     stream: bool = False
     usage: Usage | None = None
+    started: float = 0.0
+    """``perf_counter`` when the request arrived."""
 
 
 config_holder = web.AppKey("config_holder", ConfigHolder)

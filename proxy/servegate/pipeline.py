@@ -20,10 +20,11 @@ from aiohttp import web
 
 from servegate import keys
 from servegate.canonical.requests import QueryRequest, parse_query
-from servegate.canonical.usage import Usage, estimate_tokens
+from servegate.canonical.usage import estimate_tokens
 from servegate.config import EndpointRuntime, EntityRuntime, RuntimeConfig
 from servegate.ingress.errors import BadRequest, EndpointNotReady, GatewayError, NotFound
 from servegate.policy.limits import RateLimited
+from servegate.records.metrics import Observation
 from servegate.routing.fallback import attempt_order, falls_back
 from servegate.spec.endpoint import Task
 from servegate.streaming.relay import relay_stream
@@ -143,14 +144,16 @@ async def _attempt(
     provider = entity.provider
     if provider is None:  # only possible for a not-ready endpoint, refused above
         raise EndpointNotReady(f"Served entity '{entity.name}' is not ready: {entity.problem}")
-    started = time.perf_counter()
     status, usage = 500, None
+    upstream_started: float | None = None
+    first_frame_at: float | None = None
     client = app[keys.upstream_client]
     in_flight = app[keys.metrics].in_flight
     in_flight.inc()
     try:
         provider.check(query)
         upstream_request = await provider.authorize(provider.build_request(query))
+        upstream_started = time.perf_counter()
         upstream = await client.send(upstream_request, provider.name, deadline=deadline)
         if upstream.status >= 400:
             raise provider.error(
@@ -166,7 +169,7 @@ async def _attempt(
                 provider=provider.name,
                 headers=headers,
             )
-            status, usage = outcome.status, outcome.usage
+            status, usage, first_frame_at = outcome.status, outcome.usage, outcome.first_frame_at
             if status >= 400 and status != 499:  # failed after content reached the client
                 app[keys.metrics].stream_errors.labels(endpoint.name, provider.name).inc()
             return outcome.response
@@ -179,26 +182,23 @@ async def _attempt(
         raise
     finally:
         in_flight.dec()
-        request[keys.access].usage = usage
-        _observe(app, endpoint, entity, status, time.perf_counter() - started, query.stream, usage)
-
-
-def _observe(
-    app: web.Application,
-    endpoint: EndpointRuntime,
-    entity: EntityRuntime,
-    status: int,
-    seconds: float,
-    stream: bool,
-    usage: Usage | None,
-) -> None:
-    app[keys.metrics].observe(
-        endpoint=endpoint.name,
-        entity=entity.name,
-        provider=str(entity.model.provider),
-        task=str(endpoint.task),
-        status=status,
-        seconds=seconds,
-        stream=stream,
-        usage=usage,
-    )
+        access = request[keys.access]
+        access.usage = usage
+        now = time.perf_counter()
+        app[keys.metrics].observe(
+            Observation(
+                endpoint=endpoint.name,
+                entity=entity.name,
+                provider=str(entity.model.provider),
+                model=entity.model.name,
+                task=str(endpoint.task),
+                status=status,
+                seconds=now - access.started,
+                stream=query.stream,
+                usage=usage,
+                upstream_seconds=None if upstream_started is None else now - upstream_started,
+                first_token_seconds=None
+                if first_frame_at is None
+                else first_frame_at - access.started,
+            )
+        )

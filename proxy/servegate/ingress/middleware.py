@@ -41,9 +41,9 @@ _ids = itertools.count(1)
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = f"{_ID_PREFIX}{next(_ids):016x}"
     request[keys.request_id] = request_id
-    access = keys.AccessInfo()
-    request[keys.access] = access
     started = time.perf_counter()
+    access = keys.AccessInfo(started=started)
+    request[keys.access] = access
     principal = "-"
     try:
         if request.path not in PUBLIC_PATHS:

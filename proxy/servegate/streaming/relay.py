@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,6 +27,7 @@ from servegate.canonical.usage import Usage
 from servegate.ingress.errors import GatewayError
 from servegate.providers.base import StreamTranslator
 from servegate.streaming.sse import DONE_FRAME, encode_data
+from servegate.streaming.tap import StreamTap
 from servegate.transport.client import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class StreamOutcome:
     response: web.StreamResponse
     status: int
     usage: Usage | None
+    first_frame_at: float | None = None
+    """``perf_counter`` when the first frame reached the client (time to first token)."""
 
 
 def error_frame(error: GatewayError) -> bytes:
@@ -61,22 +65,32 @@ async def relay_stream(
     *,
     provider: str,
     headers: dict[str, str],
+    tap: StreamTap | None = None,
 ) -> StreamOutcome:
-    """Relay a 200 upstream stream. Errors before the first frame propagate as GatewayError."""
+    """Relay a 200 upstream stream. Errors before the first frame propagate as GatewayError.
+
+    ``tap`` (streaming/tap.py) sees every frame and may rewrite it (output guardrails)."""
     response: web.StreamResponse | None = None
     status = 200
+    first_frame_at: float | None = None
     try:
         async for chunk in client.iter_body(upstream, provider):
             frames = translator.feed(chunk)
+            if tap is not None and frames:
+                frames = tap.frames(frames)
             if not frames:
                 continue
             if response is None:
                 response = await _start(request, headers)
+                first_frame_at = time.perf_counter()
             # One write per upstream read: the frames that arrived together leave together.
             await response.write(b"".join(frames))
         frames = translator.finish()
+        if tap is not None:
+            frames = [*tap.frames(frames), *tap.finish()]
         if response is None:
             response = await _start(request, headers)
+            first_frame_at = time.perf_counter()
         await response.write(b"".join([*frames, DONE_FRAME]))
     except GatewayError as error:
         if response is None:
@@ -89,11 +103,11 @@ async def relay_stream(
         upstream.close()
         if response is None:
             raise
-        return StreamOutcome(response, status, translator.usage)
+        return StreamOutcome(response, status, translator.usage, first_frame_at)
     finally:
         upstream.release()
     await _write_eof_quietly(response)
-    return StreamOutcome(response, status, translator.usage)
+    return StreamOutcome(response, status, translator.usage, first_frame_at)
 
 
 async def _start(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
