@@ -13,4 +13,5 @@ EXAMPLE_PORTS: dict[str, int] = {
     "bedrock": 8907,
     "vertex": 8908,
     "ai21": 8909,
+    "judge": 8910,
 }

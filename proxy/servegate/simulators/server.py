@@ -28,6 +28,7 @@ from .bedrock import create_bedrock_app
 from .cohere import create_cohere_app
 from .custom import create_custom_app
 from .entra import create_entra_app
+from .judge import create_judge_app
 from .openai import create_openai_app
 from .ports import EXAMPLE_PORTS
 from .tls import server_ssl_context
@@ -103,6 +104,7 @@ PROVIDER_SIMULATORS: dict[str, Callable[..., web.Application]] = {
     "bedrock": create_bedrock_app,
     "vertex": create_vertex_app,
     "ai21": create_ai21_app,
+    "judge": create_judge_app,
 }
 
 

@@ -1,0 +1,1 @@
+"""Guardrails: the checks ``ai_gateway.guardrails.{input,output}`` configures."""
