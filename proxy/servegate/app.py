@@ -14,8 +14,15 @@ from servegate.config import ConfigHolder, ConfigSource
 from servegate.ingress.body import MAX_BODY_BYTES
 from servegate.ingress.middleware import add_request_id, gateway_middleware
 from servegate.ingress.routes import setup_routes
+from servegate.pipeline import ask_endpoint
+from servegate.policy.guardrails.judge import Judge
+from servegate.policy.guardrails.judge import Style as JudgeStyle
 from servegate.policy.limits import OnError, RateLimiter, TokenLimitMode
+from servegate.records.logsink import LogSink
 from servegate.records.metrics import Metrics
+from servegate.records.postgres import PostgresSink
+from servegate.records.recorder import Recorder
+from servegate.records.writer import RecordWriter
 from servegate.reload import publish_readiness, watcher_context
 from servegate.secretstore import SecretStore
 from servegate.transport.client import Timeouts, UpstreamClient
@@ -38,6 +45,12 @@ class GatewaySettings:
     token_limit_mode: TokenLimitMode = "cap"
     access_log: bool = False
     """One INFO line per request on ``servegate.access`` (off by default: it costs CPU)."""
+    records_dsn: str | None = None
+    """PostgreSQL for usage and inference-table rows; None writes them as JSON log lines."""
+    guardrail_judge: str | None = None
+    """The endpoint that judges ``safety`` and ``valid_topics`` guardrails."""
+    guardrail_judge_style: JudgeStyle = "llama-guard"
+    metrics_requester_labels: bool = False
 
 
 async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -45,6 +58,15 @@ async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[keys.upstream_client].close()
     await app[keys.rate_limiter].close()
+
+
+async def _record_writer_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Started after the config loads; closed (flushed, bounded) after requests finish."""
+    recorder = app[keys.recorder]
+    await recorder.writer.start()
+    recorder.config_loaded(None, app[keys.config_holder].current)
+    yield
+    await recorder.writer.close(timeout=5.0)
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
@@ -58,11 +80,26 @@ def create_app(settings: GatewaySettings) -> web.Application:
         settings.paths,
         SecretStore(settings.secrets_dir),
         CredentialRegistry(settings.entra_authority_host),
+        judge=settings.guardrail_judge,
     )
     app = web.Application(middlewares=[gateway_middleware], client_max_size=MAX_BODY_BYTES)
     app[keys.auth_holder] = auth
     app[keys.config_holder] = ConfigHolder(source, source.load())
-    app[keys.metrics] = Metrics()
+    metrics = app[keys.metrics] = Metrics()
+    metrics.requester_labels = settings.metrics_requester_labels
+    sink = PostgresSink(settings.records_dsn) if settings.records_dsn else LogSink()
+    app[keys.recorder] = Recorder(
+        RecordWriter(
+            sink,
+            on_written=metrics.records_written.labels("rows").inc,
+            on_dropped=lambda reason, n: metrics.records_dropped.labels(reason).inc(n),
+        ),
+        metrics,
+    )
+    if settings.guardrail_judge is not None:
+        app[keys.judge] = Judge(
+            ask_endpoint(app, settings.guardrail_judge), style=settings.guardrail_judge_style
+        )
     app[keys.upstream_client] = UpstreamClient(settings.timeouts)
     app[keys.rate_limiter] = RateLimiter(
         settings.redis_url,
@@ -72,6 +109,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
     )
     publish_readiness(app)
     app.cleanup_ctx.append(_upstream_client_ctx)
+    app.cleanup_ctx.append(_record_writer_ctx)
     if settings.watch:
         watched = [*settings.paths]
         watched += [p for p in (settings.secrets_dir, settings.auth_file) if p is not None]

@@ -94,6 +94,34 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="token limits: cap max_tokens to the room left so answers stop at the budget "
         "(default), or only charge usage after the answer",
     )
+    parser.add_argument(
+        "--records-dsn",
+        default=os.environ.get("SERVEGATE_RECORDS_DSN") or None,
+        metavar="POSTGRES_URL",
+        help="PostgreSQL for usage tracking and inference tables, e.g. "
+        "postgresql://user@host/db (default: $SERVEGATE_RECORDS_DSN, else JSON log lines "
+        "on the servegate.records logger)",
+    )
+    parser.add_argument(
+        "--guardrail-judge",
+        default=os.environ.get("SERVEGATE_GUARDRAIL_JUDGE") or None,
+        metavar="ENDPOINT",
+        help="the endpoint that judges safety and valid_topics guardrails (default: "
+        "$SERVEGATE_GUARDRAIL_JUDGE); without it, endpoints using them are not ready",
+    )
+    parser.add_argument(
+        "--guardrail-judge-style",
+        choices=["llama-guard", "llama-guard-chat", "instruct"],
+        default=os.environ.get("SERVEGATE_GUARDRAIL_JUDGE_STYLE") or "llama-guard",
+        help="how the judge is prompted: a Llama Guard 3 prompt built here (llama-guard), "
+        "the conversation for a server that applies Llama Guard's template itself "
+        "(llama-guard-chat), or any chat model with a JSON-answer prompt (instruct)",
+    )
+    parser.add_argument(
+        "--metrics-requester-labels",
+        action="store_true",
+        help="count requests per requester in /metrics (unbounded label values: off by default)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +185,10 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         rate_limit_failure=args.rate_limit_failure,
         token_limit_mode=args.token_limit_mode,
         access_log=args.access_log,
+        records_dsn=args.records_dsn,
+        guardrail_judge=args.guardrail_judge,
+        guardrail_judge_style=args.guardrail_judge_style,
+        metrics_requester_labels=args.metrics_requester_labels,
     )
 
 

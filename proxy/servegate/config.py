@@ -22,9 +22,11 @@ from pathlib import Path
 
 import orjson
 
+from servegate.policy.guardrails.engine import Guardrails
 from servegate.policy.limits import endpoint_rules
 from servegate.providers.base import Provider
 from servegate.providers.registry import build_provider
+from servegate.records.rows import PayloadTable, served_entity_id
 from servegate.routing.split import TrafficSplit
 from servegate.secretstore import MissingSecret, SecretStore
 from servegate.spec import (
@@ -65,6 +67,12 @@ class EndpointRuntime:
     """``ai_gateway.fallback_config.enabled``, read once at load."""
     rejected_update: str | None = None
     """Why the newest version on disk is not served (the last good one is)."""
+    guardrails: Guardrails | None = None
+    usage_tracking: bool = False
+    payload_table: PayloadTable | None = None
+    """Where the inference table (``inference_table_config``) goes, when enabled."""
+    entity_ids: dict[str, str] = field(default_factory=dict)
+    """``served_entity_id`` per entity: the key usage and payload rows join on."""
 
     @property
     def ready(self) -> bool:
@@ -100,10 +108,15 @@ class ConfigSource:
         paths: Sequence[Path],
         secrets: SecretStore,
         credentials: CredentialRegistry,
+        *,
+        judge: str | None = None,
     ) -> None:
         self.paths = list(paths)
         self.secrets = secrets
         self.credentials = credentials
+        self.judge = judge
+        """The endpoint that judges safety and topic guardrails (None: such guardrails
+        make their endpoint invalid)."""
 
     def load(self, previous: RuntimeConfig | None = None) -> RuntimeConfig:
         """Read every manifest and build the next config (blocking file I/O: run off-loop)."""
@@ -164,6 +177,14 @@ class ConfigSource:
             )
         else:
             version, created, updated = previous.config_version + 1, previous.created_ms, now_ms
+        gateway = spec.ai_gateway
+        guardrails = Guardrails.of(gateway.guardrails if gateway else None)
+        if guardrails is not None and guardrails.needs_judge and self.judge is None:
+            problems.append(
+                "guardrails: safety and valid_topics need a judge endpoint; start the gateway "
+                "with --guardrail-judge ENDPOINT (see README, Guardrails)"
+            )
+        tracking = gateway.usage_tracking_config if gateway else None
         return EndpointRuntime(
             name=loaded.name,
             spec=spec,
@@ -181,6 +202,12 @@ class ConfigSource:
                 and spec.ai_gateway.fallback_config
                 and spec.ai_gateway.fallback_config.enabled
             ),
+            guardrails=guardrails,
+            usage_tracking=bool(tracking and tracking.enabled),
+            payload_table=PayloadTable.of(
+                gateway.inference_table_config if gateway else None, loaded.name
+            ),
+            entity_ids={e: served_entity_id(loaded.name, e, digest) for e in entities},
         )
 
     def _entity(self, name: str, model: ExternalModel) -> EntityRuntime:

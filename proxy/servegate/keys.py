@@ -9,8 +9,10 @@ from aiohttp import web
 from servegate.auth.callers import AuthHolder, Principal
 from servegate.canonical.usage import Usage
 from servegate.config import ConfigHolder
+from servegate.policy.guardrails.judge import Judge
 from servegate.policy.limits import RateLimiter
 from servegate.records.metrics import Metrics
+from servegate.records.recorder import Recorder
 from servegate.transport.client import UpstreamClient
 
 
@@ -24,6 +26,8 @@ class AccessInfo:
     usage: Usage | None = None
     started: float = 0.0
     """``perf_counter`` when the request arrived."""
+    status: int | None = None
+    """A stream's real outcome (its response says 200 even when it ended in an error)."""
 
 
 config_holder = web.AppKey("config_holder", ConfigHolder)
@@ -31,6 +35,9 @@ auth_holder = web.AppKey("auth_holder", AuthHolder)
 upstream_client = web.AppKey("upstream_client", UpstreamClient)
 metrics = web.AppKey("metrics", Metrics)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
+recorder = web.AppKey("recorder", Recorder)
+judge = web.AppKey("judge", Judge)
+"""Set only when ``--guardrail-judge`` names an endpoint."""
 
 principal = web.RequestKey("principal", Principal)
 request_id = web.RequestKey("request_id", str)

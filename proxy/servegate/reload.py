@@ -49,8 +49,9 @@ async def reload_now(app: web.Application) -> None:
         metrics.reloads.labels("failed").inc()
         log.error("reload failed, keeping the previous config: %s", exc)
         return
-    holder.current = config
+    previous, holder.current = holder.current, config
     metrics.reloads.labels("applied").inc()
+    app[keys.recorder].config_loaded(previous, config)
     publish_readiness(app)
     ready = sum(1 for ep in config.endpoints.values() if ep.ready)
     log.info(

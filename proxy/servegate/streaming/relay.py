@@ -88,6 +88,8 @@ async def relay_stream(
         frames = translator.finish()
         if tap is not None:
             frames = [*tap.frames(frames), *tap.finish()]
+            if tap.before_end is not None:
+                await tap.before_end()
         if response is None:
             response = await _start(request, headers)
             first_frame_at = time.perf_counter()

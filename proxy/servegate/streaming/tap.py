@@ -15,7 +15,7 @@ chunk that carried the delta, and before the chunk that carries the choice's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +57,9 @@ class StreamTap:
         self._model = ""
         self._created = 0
         self.usage: Usage | None = None
+        self.before_end: Callable[[], Awaitable[None]] | None = None
+        """Runs when the answer has ended, before its last frames leave; may raise
+        GatewayError to end the stream with an error event instead (output safety)."""
 
     def frames(self, frames: list[bytes]) -> list[bytes]:
         out: list[bytes] = []
