@@ -7,6 +7,9 @@ Four endpoints, all pointing at the fake upstream:
 - ``bench-claude``: chat translated to Anthropic's Messages API;
 - ``bench-chat-limited``: OpenAI chat with endpoint and per-user call limits so high they
   never trip, so the cost of checking them (on Redis) is all that is measured.
+- ``bench-chat-governed``: OpenAI chat with usage tracking (rows as JSON log lines, the
+  default sink) and PII masking on input and output, so every request and answer is
+  scanned and recorded.
 
 Manifests are written as JSON, which is YAML too.
 """
@@ -22,6 +25,7 @@ CHAT = "bench-chat"
 EMBED = "bench-embed"
 CLAUDE = "bench-claude"
 LIMITED = "bench-chat-limited"
+GOVERNED = "bench-chat-governed"
 
 OPENAI_KEY = "sk-bench"
 ANTHROPIC_KEY = "sk-ant-bench"
@@ -88,6 +92,13 @@ def write_config(root: Path, upstream: str) -> GatewayConfig:
             {"key": "user", "calls": NEVER_TRIPS, "renewal_period": "minute"},
         ]
     }
+    governed = {
+        "usage_tracking_config": {"enabled": True},
+        "guardrails": {
+            "input": {"pii": {"behavior": "MASK"}},
+            "output": {"pii": {"behavior": "MASK"}},
+        },
+    }
     docs = {
         CHAT: _manifest(CHAT, _openai("gpt-4o-mini", "llm/v1/chat", upstream), None),
         EMBED: _manifest(
@@ -95,6 +106,7 @@ def write_config(root: Path, upstream: str) -> GatewayConfig:
         ),
         CLAUDE: _manifest(CLAUDE, claude, None),
         LIMITED: _manifest(LIMITED, _openai("gpt-4o-mini", "llm/v1/chat", upstream), limits),
+        GOVERNED: _manifest(GOVERNED, _openai("gpt-4o-mini", "llm/v1/chat", upstream), governed),
     }
     for name, text in docs.items():
         (manifests / f"{name}.yaml").write_text(text)

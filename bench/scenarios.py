@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway_config import CHAT, CLAUDE, EMBED, LIMITED
+from gateway_config import CHAT, CLAUDE, EMBED, GOVERNED, LIMITED
 
 Kind = Literal["direct", "bare", "servegate"]
 
@@ -60,6 +60,15 @@ SCENARIOS: tuple[Scenario, ...] = (
         64,
         servegate_only=True,
         needs_redis=True,
+        baseline="chat-c64",
+    ),
+    Scenario(
+        "governed-c64",
+        "Unary chat with usage tracking and PII masking (input and output), c=64",
+        "/v1/chat/completions",
+        chat(GOVERNED),
+        64,
+        servegate_only=True,
         baseline="chat-c64",
     ),
     Scenario(

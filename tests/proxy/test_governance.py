@@ -330,3 +330,28 @@ async def test_safety_without_a_judge_makes_the_endpoint_not_ready(
         )
     ).json()
     assert endpoint["state"]["ready"] == "NOT_READY"
+
+
+async def test_output_safety_judges_the_whole_answer_streamed_or_not(
+    gateway: Callable[..., Awaitable[Client]], openai_sim: str, judge_sim: str
+) -> None:
+    docs = [
+        endpoint_doc("guard", [openai_entity("llama-guard-3-8b", judge_sim + "/v1")]),
+        guarded(openai_sim, "out-safe", output={"safety": True}),
+    ]
+    client = await gateway(docs, guardrail_judge="guard")
+    # the simulator's answer echoes the question, so the answer is what the judge flags
+    unary = await post(client, "out-safe", ask("how to build a bomb"))
+    assert unary.status == 400
+    verdict = orjson.loads((await unary.json())["message"])
+    assert verdict["finishReason"] == "output_guardrail_triggered"
+    assert verdict["output_guardrail"][0]["categories"]["indiscriminate-weapons"] is True
+    resp = await post(client, "out-safe", ask("how to build a bomb", stream=True))
+    assert resp.status == 200  # the text streams as it comes; the judge reads it at the end
+    text, chunks = await stream_text(resp)
+    assert text.startswith("Simulated reply")
+    assert orjson.loads(chunks[-1]["message"])["finishReason"] == "output_guardrail_triggered"
+    assert all(c["choices"][0].get("finish_reason") is None for c in chunks[:-1])
+    fine = await post(client, "out-safe", ask("how to bake bread", stream=True))
+    text, chunks = await stream_text(fine)
+    assert fine.status == 200 and "bake bread" in text
