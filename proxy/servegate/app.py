@@ -9,8 +9,10 @@ from pathlib import Path
 from aiohttp import web
 
 from servegate import keys
-from servegate.auth.callers import AllowAnonymous, AuthHolder, BearerTokenAuthenticator
+from servegate.auth.kube import DEFAULT_AUDIENCE
+from servegate.auth.setup import AuthMode, build_auth
 from servegate.config import ConfigHolder, ConfigSource
+from servegate.control.statedir import StateDir
 from servegate.ingress.body import MAX_BODY_BYTES
 from servegate.ingress.middleware import add_request_id, gateway_middleware
 from servegate.ingress.routes import setup_routes
@@ -36,6 +38,15 @@ class GatewaySettings:
     paths: tuple[Path, ...]
     secrets_dir: Path | None = None
     auth_file: Path | None = None
+    auth: AuthMode = "file"
+    """``kubernetes``: in-cluster callers' ServiceAccount tokens (TokenReview) and
+    per-endpoint RBAC (SubjectAccessReview); the auth file's static tokens work beside them."""
+    auth_audience: str = DEFAULT_AUDIENCE
+    """The audience callers' projected tokens must be issued for (``--auth kubernetes``)."""
+    auth_namespace: str | None = None
+    """The namespace of SubjectAccessReviews; None: the pod's (or the kubeconfig's)."""
+    kubeconfig: Path | None = None
+    """The API server outside a pod (None: in-cluster, else $KUBECONFIG or ~/.kube/config)."""
     timeouts: Timeouts = field(default_factory=Timeouts)
     entra_authority_host: str = DEFAULT_AUTHORITY_HOST
     watch: bool = True
@@ -51,6 +62,10 @@ class GatewaySettings:
     """The endpoint that judges ``safety`` and ``valid_topics`` guardrails."""
     guardrail_judge_style: JudgeStyle = "llama-guard"
     metrics_requester_labels: bool = False
+    state_dir: Path | None = None
+    """Where endpoints created through the REST API are stored (None: the API is read-only)."""
+    manage_group: str = "admins"
+    """With an auth file, the group whose members may create, change and delete endpoints."""
 
 
 async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -58,6 +73,7 @@ async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[keys.upstream_client].close()
     await app[keys.rate_limiter].close()
+    await app[keys.auth_holder].close()
 
 
 async def _record_writer_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -70,20 +86,32 @@ async def _record_writer_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    """Build the gateway. Loads the config (blocking) so a bad auth file fails here, early."""
-    auth = (
-        AuthHolder(BearerTokenAuthenticator.from_file(settings.auth_file), settings.auth_file)
-        if settings.auth_file is not None
-        else AuthHolder(AllowAnonymous())
+    """Build the gateway. Loads the config (blocking) so a bad auth file (or a missing
+    Kubernetes configuration with ``--auth kubernetes``) fails here, early."""
+    auth = build_auth(
+        settings.auth,
+        settings.auth_file,
+        audience=settings.auth_audience,
+        namespace=settings.auth_namespace,
+        kubeconfig=settings.kubeconfig,
+        manage_group=settings.manage_group,
     )
+    paths, secrets_dir = settings.paths, settings.secrets_dir
+    state: StateDir | None = None
+    if settings.state_dir is not None:  # API-created endpoints, served beside the PATHs
+        secrets_dir = secrets_dir or settings.state_dir / "secrets"
+        state = StateDir(settings.state_dir, secrets_dir)
+        paths = (*paths, state.endpoints)
     source = ConfigSource(
-        settings.paths,
-        SecretStore(settings.secrets_dir),
+        paths,
+        SecretStore(secrets_dir),
         CredentialRegistry(settings.entra_authority_host),
         judge=settings.guardrail_judge,
     )
     app = web.Application(middlewares=[gateway_middleware], client_max_size=MAX_BODY_BYTES)
     app[keys.auth_holder] = auth
+    if state is not None:
+        app[keys.state_dir] = state
     app[keys.config_holder] = ConfigHolder(source, source.load())
     metrics = app[keys.metrics] = Metrics()
     metrics.requester_labels = settings.metrics_requester_labels
@@ -111,8 +139,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_upstream_client_ctx)
     app.cleanup_ctx.append(_record_writer_ctx)
     if settings.watch:
-        watched = [*settings.paths]
-        watched += [p for p in (settings.secrets_dir, settings.auth_file) if p is not None]
+        watched = [*paths]
+        watched += [p for p in (secrets_dir, settings.auth_file) if p is not None]
         app.cleanup_ctx.append(watcher_context(watched))
     app.on_response_prepare.append(add_request_id)
     setup_routes(app)

@@ -49,6 +49,34 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         "--auth-file", type=Path, help="YAML 'tokens: [{name, sha256, groups}]' of callers"
     )
     parser.add_argument(
+        "--auth",
+        choices=["file", "kubernetes"],
+        default=os.environ.get("SERVEGATE_AUTH") or "file",
+        help="who may call: the --auth-file's tokens (file, default), or in-cluster callers' "
+        "projected ServiceAccount tokens checked with TokenReviews and queries authorized with "
+        "SubjectAccessReviews (kubernetes; --auth-file tokens work beside them)",
+    )
+    parser.add_argument(
+        "--auth-audience",
+        default=os.environ.get("SERVEGATE_AUTH_AUDIENCE") or "servegate",
+        metavar="AUDIENCE",
+        help="--auth kubernetes: the audience callers' tokens must be issued for "
+        "(default: servegate)",
+    )
+    parser.add_argument(
+        "--auth-namespace",
+        default=os.environ.get("SERVEGATE_AUTH_NAMESPACE") or None,
+        metavar="NAMESPACE",
+        help="--auth kubernetes: the namespace whose RBAC grants 'query' on servingendpoints "
+        "(default: the pod's namespace, else the kubeconfig context's, else default)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="--auth kubernetes outside a pod: the API server's kubeconfig (default: "
+        "in-cluster in a pod, else $KUBECONFIG or ~/.kube/config)",
+    )
+    parser.add_argument(
         "--insecure-no-auth",
         action="store_true",
         help="allow unauthenticated requests on a non-loopback address",
@@ -118,6 +146,21 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         "(llama-guard-chat), or any chat model with a JSON-answer prompt (instruct)",
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=os.environ.get("SERVEGATE_STATE_DIR") or None,
+        metavar="DIR",
+        help="store endpoints created through the REST API as manifests in DIR (served "
+        "beside PATHS, kept across restarts; their keys go to the secrets directory, "
+        "DIR/secrets by default); without it the API is read-only",
+    )
+    parser.add_argument(
+        "--manage-group",
+        default=os.environ.get("SERVEGATE_MANAGE_GROUP") or "admins",
+        help="with --auth-file, the group whose members may create, change and delete "
+        "endpoints (default: admins)",
+    )
+    parser.add_argument(
         "--metrics-requester-labels",
         action="store_true",
         help="count requests per requester in /metrics (unbounded label values: off by default)",
@@ -178,6 +221,10 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         paths=tuple(args.paths),
         secrets_dir=args.secrets_dir,
         auth_file=args.auth_file,
+        auth=args.auth,
+        auth_audience=args.auth_audience,
+        auth_namespace=args.auth_namespace,
+        kubeconfig=args.kubeconfig,
         timeouts=Timeouts(args.connect_timeout, args.first_byte_timeout, args.idle_timeout),
         entra_authority_host=args.entra_authority_host,
         watch=not args.no_watch,
@@ -189,12 +236,14 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         guardrail_judge=args.guardrail_judge,
         guardrail_judge_style=args.guardrail_judge_style,
         metrics_requester_labels=args.metrics_requester_labels,
+        state_dir=args.state_dir,
+        manage_group=args.manage_group,
     )
 
 
 def check_exposure(args: argparse.Namespace) -> str | None:
     """The refusal message when serving without auth where others can reach us."""
-    if args.auth_file is not None:
+    if args.auth_file is not None or args.auth == "kubernetes":
         return None
     if is_loopback(args.host):
         log.warning(

@@ -164,10 +164,11 @@ class ConfigSource:
             entities[entity.name] = runtime
             if runtime.problem:
                 problems.append(f"served entity '{entity.name}': {runtime.problem}")
-        digest = hashlib.sha256(
-            orjson.dumps(redacted_dump(spec), option=orjson.OPT_SORT_KEYS)
-        ).hexdigest()
-        if previous is None:
+        digest = spec_digest(spec)
+        history = _history(loaded)
+        if history is not None:  # an API-created endpoint: its manifest keeps the count
+            version, created, updated = history
+        elif previous is None:
             version, created, updated = 1, now_ms, now_ms
         elif previous.spec_digest == digest:
             version, created, updated = (
@@ -224,6 +225,27 @@ class ConfigSource:
         except ValueError as exc:
             return EntityRuntime(name, model, None, str(exc))
         return EntityRuntime(name, model, provider)
+
+
+def _history(loaded: LoadedEndpoint) -> tuple[int, int, int] | None:
+    """(config_version, created ms, updated ms) from the annotations the control plane
+    writes (control/statedir.py); None for manifests without them."""
+    notes = loaded.manifest.metadata.annotations or {}
+    try:
+        return (
+            int(notes["servegate.io/config-version"]),
+            int(notes["servegate.io/creation-timestamp"]),
+            int(notes["servegate.io/last-updated-timestamp"]),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def spec_digest(spec: ServingEndpointSpec) -> str:
+    """The identity of a config: equal digests serve the same (secrets not included)."""
+    return hashlib.sha256(
+        orjson.dumps(redacted_dump(spec), option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
 
 
 def _file_of(source: str) -> str:

@@ -9,6 +9,7 @@ from aiohttp import web
 from servegate.auth.callers import AuthHolder, Principal
 from servegate.canonical.usage import Usage
 from servegate.config import ConfigHolder
+from servegate.control.statedir import StateDir
 from servegate.policy.guardrails.judge import Judge
 from servegate.policy.limits import RateLimiter
 from servegate.records.metrics import Metrics
@@ -36,6 +37,8 @@ upstream_client = web.AppKey("upstream_client", UpstreamClient)
 metrics = web.AppKey("metrics", Metrics)
 rate_limiter = web.AppKey("rate_limiter", RateLimiter)
 recorder = web.AppKey("recorder", Recorder)
+state_dir = web.AppKey("state_dir", StateDir)
+"""Set only with ``--state-dir``: where API-created endpoints live."""
 judge = web.AppKey("judge", Judge)
 """Set only when ``--guardrail-judge`` names an endpoint."""
 

@@ -6,7 +6,8 @@ calls them in order:
     entity, then fallback order) → per attempt: provider translation → transport →
     output guardrails → response or stream → tokens charged → usage and payload rows
 
-Authentication ran before this, in the middleware (``ingress/middleware.py``). Endpoints
+Authentication ran before this, in the middleware (``ingress/middleware.py``);
+authorization (may this caller query this endpoint) is the first stage here. Endpoints
 without guardrails, usage tracking or an inference table skip those stages entirely.
 """
 
@@ -27,6 +28,7 @@ from servegate.canonical.requests import QueryRequest, parse_query
 from servegate.canonical.usage import estimate_tokens
 from servegate.config import EndpointRuntime, EntityRuntime, RuntimeConfig
 from servegate.ingress.errors import BadRequest, EndpointNotReady, GatewayError, NotFound
+from servegate.ingress.middleware import authorize
 from servegate.policy.guardrails.engine import (
     GuardrailBlocked,
     Judge,
@@ -81,6 +83,9 @@ async def answer_query(
 ) -> web.StreamResponse:
     """Answer one query. ``task`` is set by the OpenAI routes, which imply one."""
     app = request.app
+    # First: a caller who may not query the endpoint learns nothing of it (not even that
+    # it exists), and nothing is counted or recorded for it.
+    await authorize(request, endpoint_name)
     endpoint = find_endpoint(app[keys.config_holder].current, endpoint_name)
     access = request[keys.access]
     access.endpoint = endpoint.name

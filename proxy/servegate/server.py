@@ -31,6 +31,7 @@ from aiohttp import web
 from prometheus_client import multiprocess
 
 from servegate.app import GatewaySettings, create_app
+from servegate.ingress.protocol import GatewayRunner
 from servegate.logs import setup_logging
 
 log = logging.getLogger("servegate")
@@ -59,7 +60,7 @@ async def run_gateway(
     access = logging.getLogger("servegate.access")
     access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+    runner = GatewayRunner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
     try:

@@ -27,6 +27,10 @@ GATEWAY_FIELDS = frozenset({"extra_params", "client_request_id", "usage_context"
 _CUSTOM_MODEL_FIELDS = ("dataframe_records", "dataframe_split", "instances", "inputs")
 # The field that says which task a body is for.
 _TASK_FIELD = {Task.CHAT: "messages", Task.COMPLETIONS: "prompt", Task.EMBEDDINGS: "input"}
+# JSON nesting a body may have. orjson parses up to 1024 levels but encodes only 254, and
+# pydantic's serializer stops near 255: deeper bodies would fail after validation (a 500).
+# The margin leaves room for the levels a translator adds around client values.
+MAX_NESTING = 128
 
 
 class ChatMessage(BaseModel):
@@ -105,6 +109,8 @@ def parse_query(task: Task, body: object) -> QueryRequest:
     """Validate a client body against the endpoint's task; raise BadRequest naming the field."""
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
+    if nested_deeper_than(body, MAX_NESTING):
+        raise BadRequest(f"The request body is nested more than {MAX_NESTING} levels deep.")
     for name in _CUSTOM_MODEL_FIELDS:
         if name in body:
             raise BadRequest(
@@ -152,9 +158,30 @@ def _decode_extra_params(extra: object) -> dict[str, Any]:
                 decoded[key] = orjson.loads(value)
             except orjson.JSONDecodeError:
                 decoded[key] = value
+            if nested_deeper_than(decoded[key], MAX_NESTING - 1):
+                raise InvalidParameter(
+                    f"extra_params.{key}: nested more than {MAX_NESTING} levels deep."
+                )
         else:
             decoded[key] = value
     return decoded
+
+
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` has containers (objects, arrays) nested more than ``limit`` deep.
+
+    Level by level, without recursion, so any depth is measured safely.
+    """
+    level: list[dict[Any, Any] | list[Any]] = [value] if isinstance(value, dict | list) else []
+    for _ in range(limit):
+        below: list[dict[Any, Any] | list[Any]] = []
+        for container in level:
+            items = container.values() if isinstance(container, dict) else container
+            below += [item for item in items if isinstance(item, dict | list)]
+        if not below:
+            return False
+        level = below
+    return bool(level)
 
 
 def _optional_str(body: dict[str, Any], key: str) -> str | None:

@@ -11,11 +11,20 @@ from typing import Any
 
 import orjson
 
+MAX_TOKENS = 2**53 - 1
+"""The largest token count taken from a provider: larger (or negative) counts are garbage,
+and this bound keeps every sum a JSON-safe integer (orjson refuses past 64 bits)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        for count in (self.prompt_tokens, self.completion_tokens):
+            if not 0 <= count <= MAX_TOKENS:
+                raise ValueError(f"token count out of range: {count}")
 
     @property
     def total_tokens(self) -> int:
@@ -29,6 +38,8 @@ class Usage:
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens", 0)
         if not isinstance(prompt, int) or not isinstance(completion, int):
+            return None
+        if not (0 <= prompt <= MAX_TOKENS and 0 <= completion <= MAX_TOKENS):
             return None
         return cls(prompt_tokens=prompt, completion_tokens=completion)
 

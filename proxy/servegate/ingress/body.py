@@ -6,8 +6,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 
-from servegate.ingress.errors import BadRequest, PayloadTooLarge
+from servegate.ingress.errors import BadRequest, PayloadTooLarge, error_response
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
@@ -25,6 +26,19 @@ async def read_json(request: web.Request) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` on the query routes: a body announced over the limit gets its
+    413 at once, so the client never sends it (curl asks this way for bodies over 1 MB).
+    Otherwise aiohttp's own handling: ``100 Continue``. This runs before the middleware, so
+    the refusal is written here, in the same shape."""
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        response = error_response(_too_large(request.content_length))
+        response.force_close()
+        return response
+    await _default_expect_handler(request)
+    return None
 
 
 def _too_large(size: int | None) -> PayloadTooLarge:

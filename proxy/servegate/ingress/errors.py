@@ -24,6 +24,7 @@ error whose message contains "Unexpected error", and both SDKs honour an integer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,10 @@ _CODE_FOR_STATUS: dict[int, str] = {
     503: "TEMPORARILY_UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
+
+
+# A Retry-After of more digits than this (over 31 years) is garbage, not a delay.
+_MAX_RETRY_DIGITS = 9
 
 
 def error_code_for_status(status: int) -> str:
@@ -167,16 +172,24 @@ class UpstreamError(GatewayError):
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> int | None:
-    """An upstream ``Retry-After`` (seconds) or OpenAI's ``retry-after-ms``, as whole seconds."""
+    """An upstream ``Retry-After`` (seconds) or OpenAI's ``retry-after-ms``, as whole seconds.
+
+    Anything else (an HTTP date, non-ASCII digits, an absurd number) counts as absent.
+    """
     value = headers.get("Retry-After")
-    if value is not None and value.strip().isdigit():
-        return int(value.strip())
+    if value is not None:
+        value = value.strip()
+        if value.isascii() and value.isdigit() and len(value) <= _MAX_RETRY_DIGITS:
+            return int(value)
     ms = headers.get("retry-after-ms")
     if ms is not None:
         try:
-            return max(1, -(-int(float(ms)) // 1000))
+            millis = float(ms)
         except ValueError:
             return None
+        if not math.isfinite(millis) or millis >= 10**_MAX_RETRY_DIGITS * 1000:
+            return None
+        return max(1, -(-int(millis) // 1000))
     return None
 
 

@@ -1,5 +1,10 @@
 """Around every request: request id, authentication, error mapping and the access log.
 
+Authentication (who is calling) happens here, for every path but the public ones.
+Authorization (may they query this endpoint) needs the endpoint's name, which only the
+route knows (the URL, or an OpenAI body's ``model``), so the query path calls
+:func:`authorize` once it has the name; GET routes call :func:`permission_level`.
+
 Any ``GatewayError`` becomes the platform's ``{"error_code", "message"}`` body here (and only
 here). aiohttp's own 404/405 become the same shape. Anything else is a bug: it is logged
 with its stack trace under the request id, and the client gets a 500 that names the id but
@@ -17,6 +22,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from servegate import keys
+from servegate.auth.callers import QUERY, PermissionLevel
+from servegate.auth.callers import permission_level as _permission_level
 from servegate.ingress.errors import (
     GatewayError,
     InternalError,
@@ -47,7 +54,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     principal = "-"
     try:
         if request.path not in PUBLIC_PATHS:
-            who = request.app[keys.auth_holder].current.authenticate(request.headers)
+            who = await request.app[keys.auth_holder].current.authenticate(request.headers)
             request[keys.principal] = who
             principal = who.name
         response = await handler(request)
@@ -86,6 +93,22 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         access.stream,
     )
     return response
+
+
+async def authorize(request: web.Request, endpoint: str, verb: str = QUERY) -> None:
+    """Let the request through if its caller may ``verb`` (``query``) the endpoint.
+
+    Raises ``PermissionDenied`` (403), or ``AuthUnavailable`` (503) when it cannot be
+    decided. Call it before anything is counted or sent upstream.
+    """
+    await request.app[keys.auth_holder].current.authorize(request[keys.principal], endpoint, verb)
+
+
+async def permission_level(request: web.Request, endpoint: str) -> PermissionLevel:
+    """The caller's ``permission_level`` on an endpoint, for GET responses."""
+    return await _permission_level(
+        request.app[keys.auth_holder].current, request[keys.principal], endpoint
+    )
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -49,7 +49,13 @@ from servegate.ingress.errors import (
     InvalidParameter,
     UpstreamUnavailable,
 )
-from servegate.providers.base import Provider, StreamTranslator, Translated, UpstreamRequest
+from servegate.providers.base import (
+    Provider,
+    StreamTranslator,
+    Translated,
+    UpstreamRequest,
+    reads_upstream,
+)
 from servegate.spec.endpoint import ExternalModel, Task
 
 DEFAULT_API_BASE = "https://api.ai21.com"
@@ -118,6 +124,7 @@ class AI21Provider(Provider):
             url=self._url, headers=self._headers, body=orjson.dumps(self._j2_body(query.payload))
         )
 
+    @reads_upstream
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated:
         result = self.read_completion(body)
         response = completion_response(
@@ -228,6 +235,7 @@ class AI21Stream(StreamTranslator):
         self._buffer += chunk
         return []
 
+    @reads_upstream
     def finish(self) -> list[bytes]:
         if not self._buffer:
             raise UpstreamUnavailable(

@@ -49,7 +49,13 @@ from servegate.ingress.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from servegate.providers.base import Provider, StreamTranslator, Translated, UpstreamRequest
+from servegate.providers.base import (
+    Provider,
+    StreamTranslator,
+    Translated,
+    UpstreamRequest,
+    reads_upstream,
+)
 from servegate.spec.endpoint import ExternalModel, Task
 from servegate.streaming.sse import SSEDecoder
 
@@ -135,7 +141,7 @@ def _tool_use(call: object, where: str) -> Block:
         raise BadRequest(f"{where} must be {{'id', 'type': 'function', 'function': {{...}}}}.")
     try:
         arguments = orjson.loads(function.get("arguments") or "{}")
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, TypeError):  # TypeError: not a string
         arguments = None
     if not isinstance(arguments, dict):
         raise BadRequest(f"{where}.function.arguments must be a JSON object encoded as a string.")
@@ -246,9 +252,11 @@ class AnthropicStream(StreamTranslator):
         self._reason = "end_turn"
         self._done = False
 
+    @reads_upstream
     def feed(self, chunk: bytes) -> list[bytes]:
         return self._frames(self._decoder.decode(chunk))
 
+    @reads_upstream
     def finish(self) -> list[bytes]:
         frames = self._frames(self._decoder.flush())
         if not self._done:
@@ -388,6 +396,7 @@ class AnthropicProvider(Provider):
             body["stream"] = True
         return body | {k: v for k, v in p.items() if k not in TRANSLATED | REFUSED | OWNED}
 
+    @reads_upstream
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated:
         data = self.load_json(body, self.name)
         blocks = data.get("content")

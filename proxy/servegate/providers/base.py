@@ -11,10 +11,13 @@ an OAuth token), which is why it is the one async method.
 
 from __future__ import annotations
 
+import functools
+import logging
+import struct
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 import orjson
 
@@ -30,6 +33,46 @@ from servegate.ingress.errors import (
 from servegate.spec.endpoint import ExternalModel, Task
 
 REDACTED = "[REDACTED]"
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+# What reading data of an unexpected shape raises: a field of another type (``.get`` on a
+# list, ``int(None)``), a missing key or index, a number out of range.
+SHAPE_ERRORS = (LookupError, AttributeError, TypeError, ValueError, ArithmeticError, struct.error)
+
+
+def reads_upstream(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """Mark a converter of what a provider sent (a body, stream bytes, an event).
+
+    The converters read provider bodies the way the provider documents them. A body of
+    another shape (a field of another type, a missing object, a number out of range) makes
+    them raise a Python error; here it becomes a 502 ``UpstreamUnavailable`` naming the
+    provider, as the README promises for "provider returned garbage", instead of a 500
+    that would blame the gateway. The trace is logged, so a converter bug stays visible.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except SHAPE_ERRORS:
+            name = provider_name(self)
+            log.warning("provider %s sent a body of unknown shape", name, exc_info=True)
+            raise UpstreamUnavailable(
+                f"Provider '{name}' returned a response of unknown shape."
+            ) from None
+
+    return guarded
+
+
+def provider_name(converter: object) -> str:
+    """The provider's name, from a Provider or from a stream translator holding one."""
+    name = getattr(converter, "name", None)
+    if not isinstance(name, str):
+        name = getattr(getattr(converter, "_provider", None), "name", None)
+    return name if isinstance(name, str) else "upstream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +94,13 @@ class Translated:
     """The answer as data (None when ``raw`` carries it unread)."""
     usage: Usage | None
     raw: bytes | None = None
-    """The upstream's own bytes when they already are the answer (OpenAI-format passthrough):
-    sent as they are instead of serialising ``body`` again."""
+    """The bytes sent to the client: the upstream's own when they already are the answer
+    (OpenAI-format passthrough), else ``body`` encoded here, so a body that cannot be
+    encoded (nested too deep for orjson) fails inside the converter, as a 502."""
+
+    def __post_init__(self) -> None:
+        if self.raw is None and self.body is not None:
+            object.__setattr__(self, "raw", orjson.dumps(self.body))
 
 
 class StreamTranslator(ABC):

@@ -62,7 +62,14 @@ from servegate.ingress.errors import (
     UpstreamUnavailable,
 )
 from servegate.providers import bedrock_bodies as bodies
-from servegate.providers.base import Provider, StreamTranslator, Translated, UpstreamRequest
+from servegate.providers.base import (
+    SHAPE_ERRORS,
+    Provider,
+    StreamTranslator,
+    Translated,
+    UpstreamRequest,
+    reads_upstream,
+)
 from servegate.spec import BedrockProvider as Family
 from servegate.spec import ExternalModel, Task
 
@@ -240,6 +247,7 @@ class BedrockProvider(Provider):
         SigV4Auth(credentials, SIGNING_NAME, self._region).add_auth(signed)
         return request.with_headers(dict(signed.headers.items()))
 
+    @reads_upstream
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated:
         data = self.load_json(body, self.name)
         model = self.model.name
@@ -327,7 +335,7 @@ class BedrockStream(StreamTranslator):
             for message in self._buffer:
                 if not self._done:
                     frames += self._message(message)
-        except ParserError:
+        except (ParserError, *SHAPE_ERRORS):  # botocore raises more than ParserError
             self._failure = UpstreamUnavailable(
                 f"Provider '{self._provider.name}' sent a malformed event stream."
             )
@@ -337,6 +345,7 @@ class BedrockStream(StreamTranslator):
             self._raise_held()
         return frames
 
+    @reads_upstream
     def finish(self) -> list[bytes]:
         self._raise_held()
         if self._done:
@@ -352,6 +361,7 @@ class BedrockStream(StreamTranslator):
         if self._failure is not None:
             raise self._failure
 
+    @reads_upstream
     def _message(self, message: EventStreamMessage) -> list[bytes]:
         headers = message.headers
         kind = headers.get(":message-type")

@@ -230,11 +230,13 @@ def _image(image_url: object) -> dict[str, Any]:
     return {"image": {"format": kind, "source": {"bytes": match.group(2)}}}
 
 
-def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
-    function = call.get("function") or {}
+def _tool_use(call: object) -> dict[str, Any]:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(call, dict) or not isinstance(function, dict):
+        raise BadRequest("tool_calls[] entries must be {'id', 'type', 'function': {...}}.")
     try:
         arguments = orjson.loads(function.get("arguments") or "{}")
-    except orjson.JSONDecodeError:
+    except (orjson.JSONDecodeError, TypeError):  # TypeError: not a string
         raise BadRequest(
             f"tool_calls[].function.arguments of call '{call.get('id')}' is not valid JSON."
         ) from None

@@ -36,7 +36,13 @@ from servegate.canonical.responses import (
 )
 from servegate.canonical.usage import Usage
 from servegate.ingress.errors import BadRequest, UpstreamError, UpstreamUnavailable
-from servegate.providers.base import Provider, StreamTranslator, Translated, UpstreamRequest
+from servegate.providers.base import (
+    Provider,
+    StreamTranslator,
+    Translated,
+    UpstreamRequest,
+    reads_upstream,
+)
 from servegate.spec.endpoint import ExternalModel, Task
 from servegate.streaming.sse import DONE, SSEDecoder, SSEEvent
 
@@ -241,6 +247,7 @@ class CohereProvider(Provider):
             body=orjson.dumps(body),
         )
 
+    @reads_upstream
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated:
         data = self.load_json(body, self.name)
         if query.task == Task.EMBEDDINGS:
@@ -322,6 +329,7 @@ class _CohereStream(StreamTranslator):
         )
         self._ended = False
 
+    @reads_upstream
     def finish(self) -> list[bytes]:
         frames = self._flush()
         if not self._ended:
@@ -344,6 +352,7 @@ class ChatStream(_CohereStream):
         self._decoder = SSEDecoder()
         self._positions: dict[int, int] = {}  # Cohere's tool-call index → OpenAI's
 
+    @reads_upstream
     def feed(self, chunk: bytes) -> list[bytes]:
         return self._events(self._decoder.decode(chunk))
 
@@ -389,6 +398,7 @@ class GenerateStream(_CohereStream):
         super().__init__(provider, query)
         self._buffer = b""
 
+    @reads_upstream
     def feed(self, chunk: bytes) -> list[bytes]:
         *lines, self._buffer = (self._buffer + chunk).split(b"\n")
         return self._lines(lines)

@@ -33,7 +33,7 @@ from servegate.ingress.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from servegate.providers.base import Provider, StreamTranslator, Translated
+from servegate.providers.base import Provider, StreamTranslator, Translated, reads_upstream
 from servegate.spec.endpoint import Task
 from servegate.streaming.sse import SSEDecoder
 
@@ -161,7 +161,9 @@ def content_parts(content: object, *, media: bool) -> list[dict[str, Any]]:
         if part.get("type") == "text" and part.get("text"):
             parts.append({"text": str(part["text"])})
         elif part.get("type") == "image_url" and media:
-            parts.append(media_part(str((part.get("image_url") or {}).get("url", ""))))
+            image = part.get("image_url")  # {"url": ...}, or the bare URL some clients send
+            url = image.get("url") if isinstance(image, dict) else image
+            parts.append(media_part(url if isinstance(url, str) else ""))
         elif part.get("type") != "text":
             raise refuse(f"Content part type {part.get('type')!r} in this message")
     return parts
@@ -276,9 +278,11 @@ class GeminiStream(StreamTranslator):
         self._finish: dict[int, str] = {}
         self._calls: dict[int, int] = {}  # candidate index → tool calls so far
 
+    @reads_upstream
     def feed(self, chunk: bytes) -> list[bytes]:
         return self._frames(self._decoder.decode(chunk))
 
+    @reads_upstream
     def finish(self) -> list[bytes]:
         frames = self._frames(self._decoder.flush())
         if not self._finish or self._emitter is None:

@@ -19,7 +19,13 @@ import orjson
 from servegate.canonical.requests import QueryRequest
 from servegate.canonical.usage import Usage, usage_near_end
 from servegate.ingress.errors import UpstreamError, UpstreamUnavailable
-from servegate.providers.base import Provider, StreamTranslator, Translated, UpstreamRequest
+from servegate.providers.base import (
+    Provider,
+    StreamTranslator,
+    Translated,
+    UpstreamRequest,
+    reads_upstream,
+)
 from servegate.spec.endpoint import ExternalModel, Task
 from servegate.streaming.sse import DONE, SSEDecoder, encode_data
 
@@ -41,9 +47,11 @@ class OpenAIStream(StreamTranslator):
         self._held: dict[str, Any] | None = None
         self._done = False
 
+    @reads_upstream
     def feed(self, chunk: bytes) -> list[bytes]:
         return self._frames(self._decoder.decode(chunk))
 
+    @reads_upstream
     def finish(self) -> list[bytes]:
         frames = self._frames(self._decoder.flush())
         if not self._done:
@@ -125,6 +133,7 @@ class OpenAIFormatProvider(Provider):
             body=orjson.dumps(payload),
         )
 
+    @reads_upstream
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated:
         if query.task == Task.EMBEDDINGS and body.rstrip().endswith(b"}"):
             usage = usage_near_end(body)

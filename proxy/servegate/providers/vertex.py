@@ -53,7 +53,13 @@ from servegate.ingress.errors import (
     UpstreamUnavailable,
     parse_retry_after,
 )
-from servegate.providers.base import Provider, StreamTranslator, Translated, UpstreamRequest
+from servegate.providers.base import (
+    Provider,
+    StreamTranslator,
+    Translated,
+    UpstreamRequest,
+    reads_upstream,
+)
 from servegate.providers.gemini import (
     GEMINI_PARAMS,
     NAME,
@@ -187,6 +193,7 @@ class VertexProvider(Provider):
             ) from None
         return request.with_headers({"Authorization": f"Bearer {token}"})
 
+    @reads_upstream
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated:
         data = self.load_json(body, NAME)
         if self._family is _Family.GEMINI:
@@ -284,9 +291,11 @@ def _embedding_response(query: QueryRequest, predictions: list[Any], model: str)
 def _retry_delay(body: object) -> int | None:
     """Google's RetryInfo detail (``"retryDelay": "30s"``), rounded up to whole seconds."""
     error = body.get("error") if isinstance(body, dict) else None
-    for detail in (error.get("details") or []) if isinstance(error, dict) else []:
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else []:
         delay = detail.get("retryDelay") if isinstance(detail, dict) else None
         if isinstance(delay, str) and delay.endswith("s"):
-            with contextlib.suppress(ValueError):
-                return max(1, -int(-float(delay[:-1]) // 1))
+            with contextlib.suppress(ValueError, OverflowError):  # "xs", "infs"
+                seconds = max(1, -int(-float(delay[:-1]) // 1))
+                return seconds if seconds < 10**9 else None
     return None

@@ -86,6 +86,10 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+# OpenAI's own upper bounds; without them a fuzzer's n = 10**9 would build a billion choices.
+_MAXIMUM = {"n": 128, "dimensions": 3072}
+
+
 def _int_param(body: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
     value = body.get(name)
     if value is None:
@@ -108,6 +112,17 @@ def _int_param(body: Mapping[str, Any], name: str, *, minimum: int) -> int | Non
                 f"{minimum}, but got {value} instead.",
                 param=name,
                 code="integer_below_min_value",
+            ),
+        )
+    maximum = _MAXIMUM.get(name)
+    if maximum is not None and value > maximum:
+        raise ApiError(
+            400,
+            openai_error(
+                f"Invalid '{name}': integer above maximum value. Expected a value <= "
+                f"{maximum}, but got {value} instead.",
+                param=name,
+                code="integer_above_max_value",
             ),
         )
     return value
