@@ -62,6 +62,8 @@ class GatewaySettings:
     """The endpoint that judges ``safety`` and ``valid_topics`` guardrails."""
     guardrail_judge_style: JudgeStyle = "llama-guard"
     metrics_requester_labels: bool = False
+    ca_bundle: Path | None = None
+    """Extra CA certificates (PEM) trusted for upstream TLS, beside the system's."""
     state_dir: Path | None = None
     """Where endpoints created through the REST API are stored (None: the API is read-only)."""
     manage_group: str = "admins"
@@ -128,7 +130,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         app[keys.judge] = Judge(
             ask_endpoint(app, settings.guardrail_judge), style=settings.guardrail_judge_style
         )
-    app[keys.upstream_client] = UpstreamClient(settings.timeouts)
+    app[keys.upstream_client] = UpstreamClient(settings.timeouts, ca_bundle=settings.ca_bundle)
     app[keys.rate_limiter] = RateLimiter(
         settings.redis_url,
         on_error=settings.rate_limit_failure,

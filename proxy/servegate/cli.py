@@ -146,6 +146,14 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         "(llama-guard-chat), or any chat model with a JSON-answer prompt (instruct)",
     )
     parser.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=os.environ.get("SERVEGATE_CA_BUNDLE") or None,
+        metavar="PEM",
+        help="extra CA certificates trusted for provider TLS, beside the system's (a private "
+        "CA, a TLS-inspecting egress proxy); upstream TLS is always verified",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=os.environ.get("SERVEGATE_STATE_DIR") or None,
@@ -236,6 +244,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         guardrail_judge=args.guardrail_judge,
         guardrail_judge_style=args.guardrail_judge_style,
         metrics_requester_labels=args.metrics_requester_labels,
+        ca_bundle=args.ca_bundle,
         state_dir=args.state_dir,
         manage_group=args.manage_group,
     )

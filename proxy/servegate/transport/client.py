@@ -15,10 +15,12 @@ Three timeouts, each for a different failure:
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -34,13 +36,27 @@ class Timeouts:
 
 
 class UpstreamClient:
-    def __init__(self, timeouts: Timeouts, *, pool_per_host: int = 256) -> None:
+    def __init__(
+        self, timeouts: Timeouts, *, pool_per_host: int = 256, ca_bundle: Path | None = None
+    ) -> None:
         self.timeouts = timeouts
         self._pool_per_host = pool_per_host
+        self._ca_bundle = ca_bundle
         self._session: aiohttp.ClientSession | None = None
 
+    def tls_context(self) -> ssl.SSLContext:
+        """Upstream TLS is always verified: the system's CAs (``SSL_CERT_FILE`` and
+        ``SSL_CERT_DIR`` apply), plus ``--ca-bundle`` for a private CA or a TLS-inspecting
+        egress proxy. There is no switch to turn verification off."""
+        context = ssl.create_default_context()
+        if self._ca_bundle is not None:
+            context.load_verify_locations(cafile=str(self._ca_bundle))
+        return context
+
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._pool_per_host)
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=self._pool_per_host, ssl=self.tls_context()
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(
