@@ -63,6 +63,8 @@ class _Children:
     input_tokens: Histogram
     output_tokens: Histogram
     upstream_errors: Counter | None
+    upstream_duration: Histogram
+    overhead: Histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,10 +266,8 @@ class Metrics:
             children.input_tokens.observe(usage.prompt_tokens)
             children.output_tokens.observe(usage.completion_tokens)
         if seen.upstream_seconds is not None:
-            self.upstream_duration.labels(*self._genai(seen)).observe(seen.upstream_seconds)
-            self.overhead.labels(seen.endpoint).observe(
-                max(0.0, seen.seconds - seen.upstream_seconds)
-            )
+            children.upstream_duration.observe(seen.upstream_seconds)
+            children.overhead.observe(max(0.0, seen.seconds - seen.upstream_seconds))
         if seen.first_token_seconds is not None and seen.status == 200:
             stream = self._stream(seen)
             stream.time_to_first_token.observe(seen.first_token_seconds)
@@ -297,6 +297,8 @@ class Metrics:
             self.upstream_errors.labels(seen.endpoint, seen.entity, seen.provider, status_class)
             if upstream_failed
             else None,
+            self.upstream_duration.labels(*genai),
+            self.overhead.labels(seen.endpoint),
         )  # fmt: skip
 
     def _stream(self, seen: Observation) -> _StreamChildren:
