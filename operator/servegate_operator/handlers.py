@@ -58,6 +58,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.configure_kopf(settings)
 
 
+@kopf.on.startup()
+def sweep_review_bindings(**_: Any) -> None:
+    """Before any reconcile: drop the review ClusterRoleBindings no gateway needs."""
+    reconcile.startup_sweep(RUNTIME.kube(), RUNTIME.settings, RUNTIME.namespaces)
+
+
 @kopf.on.probe(id="reconciles")
 def reconciles(**_: Any) -> int:
     return RUNTIME.reconciles

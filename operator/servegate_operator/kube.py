@@ -4,6 +4,7 @@ Writes are server-side apply (``fieldManager=servegate-operator``, ``force``): t
 desired object sent twice gives the same cluster, so reconcile can run any number of
 times and from any state. Reads return plain dicts. ``calls`` records every
 (group, resource, verb) used, which the RBAC test compares with the ClusterRole.
+Cluster-scoped resources (``namespaced=False``) take ``None`` for a namespace.
 """
 
 from __future__ import annotations
@@ -22,10 +23,17 @@ class Resource:
     group: str
     version: str
     plural: str
+    namespaced: bool = True
 
-    def path(self, namespace: str, name: str | None = None) -> str:
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        """``namespace`` for a namespaced resource, ``None`` for a cluster-scoped one."""
+        if self.namespaced != (namespace is not None):
+            scope = "namespaced" if self.namespaced else "cluster-scoped"
+            raise ValueError(f"{self.plural} is {scope}: namespace {namespace!r}")
         prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        if namespace is not None:
+            prefix = f"{prefix}/namespaces/{namespace}"
+        path = f"{prefix}/{self.plural}"
         return f"{path}/{name}" if name else path
 
 
@@ -36,6 +44,10 @@ SERVICES = Resource("", "v1", "services")
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
 PDBS = Resource("policy", "v1", "poddisruptionbudgets")
 HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers")
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
+CLUSTER_ROLE_BINDINGS = Resource(
+    "rbac.authorization.k8s.io", "v1", "clusterrolebindings", namespaced=False
+)
 
 BY_KIND = {
     "ConfigMap": CONFIG_MAPS,
@@ -44,6 +56,8 @@ BY_KIND = {
     "Deployment": DEPLOYMENTS,
     "PodDisruptionBudget": PDBS,
     "HorizontalPodAutoscaler": HPAS,
+    "ServiceAccount": SERVICE_ACCOUNTS,
+    "ClusterRoleBinding": CLUSTER_ROLE_BINDINGS,
 }
 
 
@@ -65,7 +79,7 @@ class Kube:
         )
         return data
 
-    def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, resource: Resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
             result: dict[str, Any] = self._call(
                 "get", resource, "GET", resource.path(namespace, name)
@@ -76,8 +90,11 @@ class Kube:
             raise
         return result
 
-    def list(self, resource: Resource, namespace: str) -> list[dict[str, Any]]:
-        result = self._call("list", resource, "GET", resource.path(namespace))
+    def list(
+        self, resource: Resource, namespace: str | None, *, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = self._call("list", resource, "GET", resource.path(namespace), query_params=query)
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 
@@ -91,7 +108,7 @@ class Kube:
             "patch",
             resource,
             "PATCH",
-            resource.path(meta["namespace"], meta["name"]),
+            resource.path(meta.get("namespace"), meta["name"]),
             query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             header_params={
                 "Content-Type": "application/apply-patch+yaml",
@@ -101,7 +118,7 @@ class Kube:
         )
         return result
 
-    def delete(self, resource: Resource, namespace: str, name: str) -> None:
+    def delete(self, resource: Resource, namespace: str | None, name: str) -> None:
         try:
             self._call("delete", resource, "DELETE", resource.path(namespace, name))
         except ApiException as exc:

@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().setLevel(args.log_level)
 
     from servegate_operator import handlers  # noqa: F401  (registers the handlers)
+    from servegate_operator.runtime import RUNTIME
+
+    RUNTIME.namespaces = tuple(args.namespace)
 
     asyncio.run(
         kopf.operator(

@@ -51,3 +51,8 @@ def plaintext_secret_name(endpoint: str) -> str:
 
 def endpoint_url(namespace: str, endpoint: str) -> str:
     return f"http://{GATEWAY_NAME}.{namespace}.svc/serving-endpoints/{endpoint}/invocations"
+
+
+def review_binding_name(namespace: str) -> str:
+    """The ClusterRoleBinding letting a namespace's gateway create reviews."""
+    return _bounded("servegate-gateway-reviews-", namespace, 253)

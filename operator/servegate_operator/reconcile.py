@@ -4,15 +4,23 @@ It looks at the desired state (every ServingEndpoint in the namespace) and appli
 whole: the endpoint's own ConfigMap and plaintext Secret, then the namespace's shared
 gateway (whose owners are all the namespace's endpoints). Running it again changes
 nothing; running it after someone deleted or edited an owned object by hand puts it back.
+
+With ``--auth kubernetes`` the gateway also gets its ServiceAccount (owned like the rest)
+and a ClusterRoleBinding to the reviewer ClusterRole. A cluster-scoped object cannot be
+owned by namespaced ones, so the operator removes that binding itself: whenever a
+reconcile of the namespace finds no endpoint left, and at start-up for bindings whose
+namespace has none (or when the gateways no longer use Kubernetes auth).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from servegate.spec import ServingEndpointManifest, ServingEndpointSpec, validation_errors
@@ -20,18 +28,24 @@ from servegate.spec.secrets import SecretRef
 from servegate_operator import kube
 from servegate_operator.kube import Kube
 from servegate_operator.naming import (
+    GATEWAY_NAME,
     config_map_name,
     endpoint_url,
     plaintext_secret_name,
+    review_binding_name,
     secret_name_for_scope,
 )
 from servegate_operator.render.config import RenderedEndpoint, render_endpoint
 from servegate_operator.render.gateway import (
+    GATEWAY_NAMESPACE_LABEL,
     render_deployment,
     render_hpa,
     render_pdb,
+    render_review_binding,
     render_service,
+    render_service_account,
 )
+from servegate_operator.render.labels import MANAGED_BY
 from servegate_operator.settings import OperatorSettings
 from servegate_operator.status import Condition, Observed, render_status, transitions
 
@@ -219,14 +233,45 @@ def _entity_states(spec: ServingEndpointSpec, secrets: Condition) -> list[dict[s
     ]
 
 
-def apply_gateway(k: Kube, namespace: str, settings: OperatorSettings) -> dict[str, Any] | None:
-    """Render and apply the namespace's shared gateway from all its endpoints."""
-    endpoints = [
+def _live_endpoints(k: Kube, namespace: str) -> list[dict[str, Any]]:
+    return [
         e
         for e in k.list(kube.SERVING_ENDPOINTS, namespace)
         if not e["metadata"].get("deletionTimestamp")
     ]
+
+
+def _apply_binding(k: Kube, binding: dict[str, Any]) -> None:
+    """Apply the review binding; a binding whose ``roleRef`` differs (another release's
+    ClusterRole) cannot be changed in place (the field is immutable): replace it."""
+    try:
+        k.apply(binding)
+    except ApiException as exc:
+        if exc.status != 422:
+            raise
+        log.info(
+            "replacing ClusterRoleBinding %s (its roleRef changed)", binding["metadata"]["name"]
+        )
+        k.delete(kube.CLUSTER_ROLE_BINDINGS, None, binding["metadata"]["name"])
+        k.apply(binding)
+
+
+def apply_gateway(k: Kube, namespace: str, settings: OperatorSettings) -> dict[str, Any] | None:
+    """Render and apply the namespace's shared gateway from all its endpoints.
+
+    With Kubernetes auth the review binding is applied *before* the endpoints are listed,
+    and deleted when the list is empty: whatever the interleaving of concurrent reconciles
+    (two endpoints deleted at once, a timer in flight), the last one to list sees every
+    endpoint gone and removes it, so no binding outlives the namespace's gateway.
+    """
+    gateway = settings.gateway
+    binding = render_review_binding(namespace, gateway)
+    if binding is not None:
+        _apply_binding(k, binding)
+    endpoints = _live_endpoints(k, namespace)
     if not endpoints:
+        if binding is not None:
+            k.delete(kube.CLUSTER_ROLE_BINDINGS, None, review_binding_name(namespace))
         return None
     rendered = []
     for endpoint in endpoints:
@@ -236,15 +281,76 @@ def apply_gateway(k: Kube, namespace: str, settings: OperatorSettings) -> dict[s
             last_good = _last_good(k, endpoint, namespace)
             if last_good is not None:
                 rendered.append(last_good)
-    gateway = settings.gateway
     objects = [render_deployment(namespace, rendered, gateway), render_service(namespace, gateway)]
+    service_account = render_service_account(namespace, gateway)
+    if service_account is not None:  # before the Deployment, whose pods run as it
+        objects.insert(0, service_account)
     for optional, resource in (
         (render_pdb(namespace, gateway), kube.PDBS),
         (render_hpa(namespace, gateway), kube.HPAS),
     ):
         if optional is None:
-            k.delete(resource, namespace, "servegate-gateway")
+            k.delete(resource, namespace, GATEWAY_NAME)
         else:
             objects.append(optional)
-    applied = [k.apply(_owned(obj, endpoints, controller=False)) for obj in objects]
-    return applied[0]
+    applied = {obj["kind"]: k.apply(_owned(obj, endpoints, controller=False)) for obj in objects}
+    return applied["Deployment"]
+
+
+REVIEW_BINDING_SELECTOR = f"{GATEWAY_NAMESPACE_LABEL},app.kubernetes.io/managed-by={MANAGED_BY}"
+
+
+def sweep_review_bindings(
+    k: Kube, settings: OperatorSettings, namespaces: Collection[str] = ()
+) -> list[str]:
+    """Delete the review bindings no gateway needs: their namespace has no endpoint left
+    (it went while the operator was down), or the gateways no longer use Kubernetes auth.
+
+    ``namespaces``: the ones this operator watches (empty: all); other operators' bindings
+    are left alone. Returns the names deleted. Run once at start-up, before any reconcile.
+    """
+    kubernetes_auth = settings.gateway.auth_mode == "kubernetes"
+    deleted = []
+    for binding in k.list(kube.CLUSTER_ROLE_BINDINGS, None, label_selector=REVIEW_BINDING_SELECTOR):
+        meta = binding["metadata"]
+        namespace = (meta.get("labels") or {}).get(GATEWAY_NAMESPACE_LABEL, "")
+        if namespaces and namespace not in namespaces:
+            continue
+        needed = (
+            kubernetes_auth
+            and meta["name"] == review_binding_name(namespace)
+            and _has_endpoints(k, namespace)
+        )
+        if not needed:
+            k.delete(kube.CLUSTER_ROLE_BINDINGS, None, meta["name"])
+            deleted.append(meta["name"])
+    return deleted
+
+
+def _has_endpoints(k: Kube, namespace: str) -> bool:
+    try:
+        return bool(_live_endpoints(k, namespace))
+    except ApiException as exc:
+        if exc.status == 404:  # the namespace is gone
+            return False
+        raise
+
+
+def startup_sweep(k: Kube, settings: OperatorSettings, namespaces: Collection[str] = ()) -> None:
+    """:func:`sweep_review_bindings` as the operator runs it at start-up: a clean-up, so a
+    refusal never stops the operator. Without Kubernetes auth the chart grants nothing on
+    ClusterRoleBindings, so a 403 is expected then: the bindings a switch from kubernetes
+    to file leaves behind are an administrator's to delete (helm/servegate/README.md)."""
+    try:
+        deleted = sweep_review_bindings(k, settings, namespaces)
+    except ApiException as exc:
+        expected = exc.status == 403 and settings.gateway.auth_mode != "kubernetes"
+        log.log(
+            logging.DEBUG if expected else logging.WARNING,
+            "review ClusterRoleBindings not checked: %s %s",
+            exc.status,
+            exc.reason,
+        )
+        return
+    for name in deleted:
+        log.info("deleted the ClusterRoleBinding %s: no gateway uses it", name)

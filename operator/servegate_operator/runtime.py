@@ -23,6 +23,8 @@ FINALIZER = "servegate.io/finalizer"
 @dataclass
 class Runtime:
     settings: OperatorSettings = field(default_factory=settings_from_env)
+    namespaces: tuple[str, ...] = ()
+    """The namespaces the operator watches (``--namespace``); empty: all of them."""
     reconciles: int = 0
     _kube: Kube | None = None
 

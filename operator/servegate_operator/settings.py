@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from servegate import __version__
 
@@ -19,6 +19,10 @@ DEFAULT_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"memory": "512Mi"},
 }
+
+
+AuthMode = Literal["file", "kubernetes"]
+AUTH_MODES: tuple[AuthMode, ...] = ("file", "kubernetes")
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,19 @@ class GatewayDefaults:
     hpa_cpu_utilization: int = 75
     pdb_min_available: int = 1
     auth_secret: str | None = None
-    """A Secret holding ``auth.yaml`` (the gateway's --auth-file); none = in-cluster callers
-    are not authenticated (the gateway runs with --insecure-no-auth: restrict it with a
-    NetworkPolicy)."""
+    """A Secret holding ``auth.yaml`` (the gateway's --auth-file). None with ``auth_mode``
+    ``file``: in-cluster callers are not authenticated (the gateway runs with
+    --insecure-no-auth: restrict it with a NetworkPolicy)."""
+    auth_mode: AuthMode = "file"
+    """``kubernetes``: the gateway checks callers' projected ServiceAccount tokens with
+    TokenReviews and authorizes queries with SubjectAccessReviews (``--auth kubernetes``);
+    it then runs as the ServiceAccount ``servegate-gateway``, bound to the review
+    ClusterRole. ``auth_secret`` tokens keep working beside it."""
+    auth_audience: str = "servegate"
+    """The audience callers' projected tokens must be issued for (``--auth-audience``)."""
+    reviewer_cluster_role: str = "servegate-gateway-reviews"
+    """The chart's ClusterRole granting ``create`` on tokenreviews and
+    subjectaccessreviews, bound to each gateway's ServiceAccount."""
     run_as_user: int = 10001
     security_context: Mapping[str, Any] = field(default_factory=dict)
     """Merged over the container's secure defaults (non-root, read-only root filesystem,
@@ -66,6 +80,15 @@ def _json_env(env: Mapping[str, str], name: str, default: Any) -> Any:
         raise ValueError(f"{name} must be JSON: {exc}") from None
 
 
+def _auth_mode(value: str) -> AuthMode:
+    """A typo must not turn authentication off: anything but the two modes is an error."""
+    if value not in AUTH_MODES:
+        raise ValueError(
+            f"SERVEGATE_GATEWAY_AUTH must be one of {', '.join(AUTH_MODES)}: {value!r}"
+        )
+    return value
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     env = os.environ if env is None else env
     base = GatewayDefaults()
@@ -81,6 +104,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         hpa_cpu_utilization=int(env.get("SERVEGATE_GATEWAY_HPA_CPU", base.hpa_cpu_utilization)),
         pdb_min_available=int(env.get("SERVEGATE_GATEWAY_PDB_MIN_AVAILABLE", 1)),
         auth_secret=env.get("SERVEGATE_GATEWAY_AUTH_SECRET") or None,
+        auth_mode=_auth_mode(env.get("SERVEGATE_GATEWAY_AUTH") or base.auth_mode),
+        auth_audience=env.get("SERVEGATE_GATEWAY_AUTH_AUDIENCE") or base.auth_audience,
+        reviewer_cluster_role=env.get("SERVEGATE_GATEWAY_REVIEWER_CLUSTER_ROLE")
+        or base.reviewer_cluster_role,
         redis_url=env.get("SERVEGATE_GATEWAY_REDIS_URL") or None,
         workers=int(env.get("SERVEGATE_GATEWAY_WORKERS", 1)),
         security_context=_json_env(env, "SERVEGATE_GATEWAY_SECURITY_CONTEXT", {}),

@@ -15,6 +15,7 @@ import importlib.metadata
 import importlib.util
 import json
 import re
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,15 +24,25 @@ from typing import Any
 
 import helm_python
 import jsonschema
+import kubernetes.client
 import kubernetes_validate
 import pytest
 import yaml
 
+from servegate import cli as gateway_cli
 from servegate_operator import main as operator_main
 from servegate_operator.main import build_parser
-from servegate_operator.render.gateway import render_deployment, render_service
+from servegate_operator.naming import review_binding_name
+from servegate_operator.render.gateway import (
+    render_deployment,
+    render_review_binding,
+    render_service,
+    render_service_account,
+)
 from servegate_operator.render.labels import gateway_selector
 from servegate_operator.settings import GatewayDefaults, settings_from_env
+from tests.k8s.emulator import TOKEN, running_kubernetes
+from tests.k8s.reviews import ACCESS_REVIEWS, ReviewAuthority
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "servegate"
@@ -121,6 +132,19 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         ALL_FEATURES, NAMESPACED, {"networkPolicy": {"gateway": {"namespaces": []}}}
     ),
     "standalone": {"operator": {"peering": {"enabled": False}}},
+    "file-auth": {"gateway": {"auth": "file"}},
+}
+REVIEWER_ROLE = "servegate-gateway-reviews"
+RBAC = "rbac.authorization.k8s.io"
+# What gateway.auth kubernetes adds to the operator's RBAC (resourceNames checked apart).
+KUBERNETES_AUTH_RULES = {
+    ("", "serviceaccounts", "create"),
+    ("", "serviceaccounts", "patch"),
+    (RBAC, "clusterrolebindings", "list"),
+    (RBAC, "clusterrolebindings", "create"),
+    (RBAC, "clusterrolebindings", "patch"),
+    (RBAC, "clusterrolebindings", "delete"),
+    (RBAC, "clusterroles", "bind"),
 }
 
 
@@ -160,6 +184,14 @@ def objects(scenario: str, kind: str) -> list[dict[str, Any]]:
 def one(scenario: str, kind: str) -> dict[str, Any]:
     (found,) = objects(scenario, kind)
     return found
+
+
+def operator_role(scenario: str) -> dict[str, Any]:
+    """The operator's ClusterRole (the chart also installs the gateways' reviewer role)."""
+    (role,) = [
+        o for o in objects(scenario, "ClusterRole") if o["metadata"]["name"] == "servegate-operator"
+    ]
+    return role
 
 
 def container(scenario: str) -> dict[str, Any]:
@@ -258,6 +290,15 @@ def test_the_optional_objects_appear_only_when_enabled() -> None:
     assert kinds["defaults"] == [
         "ClusterKopfPeering",
         "ClusterRole",
+        "ClusterRole",  # the gateways' reviewer role (gateway.auth kubernetes)
+        "ClusterRoleBinding",
+        "Deployment",
+        "PodDisruptionBudget",
+        "ServiceAccount",
+    ]
+    assert kinds["file-auth"] == [
+        "ClusterKopfPeering",
+        "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
         "PodDisruptionBudget",
@@ -268,7 +309,8 @@ def test_the_optional_objects_appear_only_when_enabled() -> None:
     )
     assert kinds["namespaced"] == sorted(
         [
-            *("ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget"),
+            *("ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment"),
+            "PodDisruptionBudget",
             *("ServiceAccount", "Role", "Role", "RoleBinding", "RoleBinding"),
             *("KopfPeering", "KopfPeering"),
         ]
@@ -514,6 +556,15 @@ def test_values_yaml_matches_the_schema_and_is_commented() -> None:
             {"serviceMonitor": {"interval": "often"}},
             "at '/serviceMonitor/interval': 'often' does not match pattern",
         ),
+        (
+            {"gateway": {"auth": "token"}},
+            "at '/gateway/auth': value must be one of 'kubernetes', 'file'",
+        ),
+        ({"gateway": {"authAudience": ""}}, "at '/gateway/authAudience': '' does not match"),
+        (
+            {"gateway": {"authAudience": "a,b"}},
+            "at '/gateway/authAudience': 'a,b' does not match pattern",
+        ),
     ],
 )
 def test_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -563,8 +614,8 @@ def test_clusterwide_rbac_is_the_operator_tested_cluster_role() -> None:
         for doc in yaml.safe_load_all(path.read_text())
         if doc and doc["kind"] == "ClusterRole"
     ]
-    (role,) = deployed
-    chart_role = one("defaults", "ClusterRole")
+    (role,) = [r for r in deployed if r["metadata"]["name"] == "servegate-operator"]
+    chart_role = operator_role("defaults")
     assert chart_role["rules"] == role["rules"]
     assert ("kopf.dev", "clusterkopfpeerings", "patch") in expanded(chart_role["rules"])
     binding = one("defaults", "ClusterRoleBinding")
@@ -588,13 +639,30 @@ def test_clusterwide_rbac_is_the_operator_tested_cluster_role() -> None:
 
 
 def test_namespaced_rbac_grants_the_same_calls_per_namespace() -> None:
-    clusterwide = expanded(one("defaults", "ClusterRole")["rules"])
-    small = one("namespaced", "ClusterRole")
+    clusterwide = expanded(operator_role("defaults")["rules"])
+    small = operator_role("namespaced")
+    # kopf's discovery, and the gateways' cluster-scoped review bindings.
     assert expanded(small["rules"]) == {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
         ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
+    } | {t for t in KUBERNETES_AUTH_RULES if t[0] == RBAC}
+    # Changing or deleting a binding: only those of the watched namespaces (RBAC cannot
+    # restrict create or list by name); binding a role: only the reviewer role.
+    named = {
+        (verb, tuple(rule.get("resourceNames", ())))
+        for rule in small["rules"]
+        if rule["apiGroups"] == [RBAC]
+        for verb in rule["verbs"]
+    }
+    team_bindings = (review_binding_name("team-a"), review_binding_name("team-b"))
+    assert named == {
+        ("list", ()),
+        ("create", ()),
+        ("patch", team_bindings),
+        ("delete", team_bindings),
+        ("bind", (REVIEWER_ROLE,)),
     }
     roles = {r["metadata"]["namespace"]: r for r in objects("namespaced", "Role")}
     assert set(roles) == {"team-a", "team-b"}
@@ -620,10 +688,8 @@ def test_namespaced_rbac_grants_the_same_calls_per_namespace() -> None:
 
 
 def test_standalone_grants_no_peering() -> None:
-    rules = expanded(one("standalone", "ClusterRole")["rules"])
-    assert rules == {
-        t for t in expanded(one("defaults", "ClusterRole")["rules"]) if t[0] != "kopf.dev"
-    }
+    rules = expanded(operator_role("standalone")["rules"])
+    assert rules == {t for t in expanded(operator_role("defaults")["rules"]) if t[0] != "kopf.dev"}
     namespaced = render(merged(NAMESPACED, SCENARIOS["standalone"]))
     assert not [o for o in namespaced if o["kind"] in {"KopfPeering", "ClusterKopfPeering"}]
     for role in (o for o in namespaced if o["kind"] == "Role"):
@@ -733,6 +799,9 @@ def test_gateway_values_reach_the_operator_settings(scenario: str) -> None:
     assert gateway.hpa_cpu_utilization == hpa["cpuUtilization"]
     assert gateway.pdb_min_available == gateway_values["pdb"]["minAvailable"]
     assert gateway.auth_secret == (gateway_values["authSecret"] or None)
+    assert gateway.auth_mode == gateway_values["auth"] == "kubernetes"
+    assert gateway.auth_audience == gateway_values["authAudience"] == "servegate"
+    assert gateway.reviewer_cluster_role == REVIEWER_ROLE
     assert settings.reconcile_interval_s == values["operator"]["reconcileInterval"]
     assert env_of(scenario)["SERVEGATE_GATEWAY_REDIS_URL"] == gateway_values["redisUrl"]
     pod_id = next(e for e in container(scenario)["env"] if e["name"] == "POD_ID")
@@ -745,6 +814,129 @@ def test_gateway_image_defaults_to_the_operator_image() -> None:
     (operator,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in operator["env"]}
     assert operator["image"] == env["SERVEGATE_GATEWAY_IMAGE"] == "mirror.example.com/sg:9.9.9"
+
+
+# ---------------------------------------------------------- the gateways' Kubernetes auth
+
+
+def test_gateways_authenticate_kubernetes_identities_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The chart's defaults, through the operator's own settings and renderers: each
+    gateway runs `servegate serve ... --auth kubernetes --auth-audience servegate` (which
+    the gateway's own CLI accepts on 0.0.0.0) as the ServiceAccount that the operator binds
+    to the chart's reviewer ClusterRole."""
+    gateway = settings_from_env(env_of("defaults")).gateway
+    deployment = render_deployment("team-a", [], gateway)
+    kubernetes_validate.validate(deployment, KUBE_VERSIONS[0], strict=True)
+    pod = deployment["spec"]["template"]["spec"]
+    (container_,) = pod["containers"]
+    assert container_["command"] == ["servegate"]
+    args = container_["args"]
+    assert args[args.index("--auth") :][:4] == [
+        "--auth",
+        "kubernetes",
+        "--auth-audience",
+        "servegate",
+    ]
+    monkeypatch.delenv("SERVEGATE_AUTH", raising=False)
+    monkeypatch.delenv("SERVEGATE_AUTH_AUDIENCE", raising=False)
+    parsed = gateway_cli.build_parser().parse_args(args)
+    assert (parsed.auth, parsed.auth_audience, parsed.host) == (
+        "kubernetes",
+        "servegate",
+        "0.0.0.0",
+    )
+    assert not parsed.insecure_no_auth
+    assert gateway_cli.check_exposure(parsed) is None  # authenticated: may listen on any address
+    # Its identity, and that identity's only grant: the chart's reviewer role.
+    account = render_service_account("team-a", gateway)
+    binding = render_review_binding("team-a", gateway)
+    assert account is not None and binding is not None
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "team-a"}
+    ]
+    reviewer = [
+        r for r in objects("defaults", "ClusterRole") if r["metadata"]["name"] == REVIEWER_ROLE
+    ]
+    assert binding["roleRef"] == {"apiGroup": RBAC, "kind": "ClusterRole", "name": REVIEWER_ROLE}
+    assert len(reviewer) == 1
+    for obj in (account, binding):
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("release", "values"), [("servegate", {}), ("prod", {}), ("x", {"fullnameOverride": "llm"})]
+)
+def test_the_reviewer_cluster_role_grants_exactly_the_reviews(
+    release: str, values: dict[str, Any]
+) -> None:
+    objs = render(values, name=release)
+    roles = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ClusterRole"}
+    (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
+    (operator,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    name = env["SERVEGATE_GATEWAY_REVIEWER_CLUSTER_ROLE"]
+    assert (
+        name
+        == {
+            "servegate": REVIEWER_ROLE,
+            "prod": "prod-servegate-gateway-reviews",
+            "x": "llm-gateway-reviews",
+        }[release]
+    )
+    reviewer = roles.pop(name)
+    assert reviewer["rules"] == [
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+    ]
+    assert reviewer["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+    # Kept on uninstall: the gateways left serving keep authenticating their callers.
+    assert reviewer["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    # The operator may bind that role, and no other.
+    ((_, operator_role_),) = roles.items()
+    binds = [r for r in operator_role_["rules"] if "bind" in r["verbs"]]
+    assert binds == [
+        {
+            "apiGroups": [RBAC],
+            "resources": ["clusterroles"],
+            "verbs": ["bind"],
+            "resourceNames": [name],
+        }
+    ]
+
+
+def test_file_auth_grants_no_identity_rbac() -> None:
+    """gateway.auth file: no reviewer role, and the operator's RBAC loses exactly the
+    rules Kubernetes auth adds (the tested ClusterRole of tests/operator, both ways)."""
+    assert env_of("file-auth")["SERVEGATE_GATEWAY_AUTH"] == "file"
+    assert "SERVEGATE_GATEWAY_REVIEWER_CLUSTER_ROLE" not in env_of("file-auth")
+    assert [r["metadata"]["name"] for r in objects("file-auth", "ClusterRole")] == [
+        "servegate-operator"
+    ]
+    with_auth = expanded(operator_role("defaults")["rules"])
+    assert with_auth >= KUBERNETES_AUTH_RULES
+    assert expanded(operator_role("file-auth")["rules"]) == with_auth - KUBERNETES_AUTH_RULES
+    namespaced = render(merged(NAMESPACED, SCENARIOS["file-auth"]))
+    small = next(o for o in namespaced if o["kind"] == "ClusterRole")
+    assert not [t for t in expanded(small["rules"]) if t[0] == RBAC]
+    for role in (o for o in namespaced if o["kind"] == "Role"):
+        assert not [t for t in expanded(role["rules"]) if t[1] == "serviceaccounts"]
+    gateway = settings_from_env(env_of("file-auth")).gateway
+    pod = render_deployment("team-a", [], gateway)["spec"]["template"]["spec"]
+    assert "--auth" not in pod["containers"][0]["args"]
+    assert pod["automountServiceAccountToken"] is False
 
 
 # ------------------------------------------------------------------------ NetworkPolicies
@@ -844,14 +1036,81 @@ def test_notes_take_the_user_to_a_first_query() -> None:
         "kubectl port-forward svc/servegate-gateway -n default 8080:80",
         "curl -s http://127.0.0.1:8080/serving-endpoints/embeddings/invocations",
         'OpenAI(base_url="http://127.0.0.1:8080/serving-endpoints"',
-        "in-cluster callers are NOT authenticated",
         "{{secrets/openai/api_key}}",
+        # gateway.auth kubernetes (the default): a ServiceAccount, its grant, its token.
+        "kubectl create serviceaccount web -n default",
+        "kubectl create role query-embeddings -n default --verb=query"
+        " --resource=servingendpoints.servegate.io --resource-name=embeddings",
+        "kubectl create rolebinding web-query-embeddings -n default --role=query-embeddings"
+        " --serviceaccount=default:web",
+        "kubectl auth can-i query servingendpoints/embeddings"
+        " --as=system:serviceaccount:default:web -n default",
+        "TOKEN=$(kubectl create token web -n default --audience servegate)",
+        '-H "Authorization: Bearer $TOKEN"',
+        'api_key=os.environ["TOKEN"]',
+        "audience: servegate",
     ):
         assert step in text
-    namespaced = notes(merged(NAMESPACED, {"gateway": {"authSecret": "auth"}}))
+    assert "NOT authenticated" not in text
+    unauthenticated = notes({"gateway": {"auth": "file"}})
+    assert "in-cluster callers are NOT authenticated" in unauthenticated
+    assert "Authorization" not in unauthenticated and "create token" not in unauthenticated
+    namespaced = notes(merged(NAMESPACED, {"gateway": {"auth": "file", "authSecret": "auth"}}))
     assert "watches the namespaces: team-a, team-b" in namespaced
     assert "kubectl port-forward svc/servegate-gateway -n team-a 8080:80" in namespaced
     assert "Authorization: Bearer" in namespaced and "NOT authenticated" not in namespaced
+    both = notes({"gateway": {"authSecret": "auth"}})
+    assert "create token web" in both and "may also authenticate" in both
+
+
+def test_the_notes_grant_is_what_the_gateway_asks_for(tmp_path: Path) -> None:
+    """The NOTES' kubectl commands, run against the emulated API (client-side generators,
+    then applied: the emulator takes no protobuf), give the ServiceAccount exactly the
+    `query` on that endpoint the gateway's SubjectAccessReview asks about."""
+    text = notes({})
+    commands = [
+        shlex.split(line.strip())
+        for line in text.splitlines()
+        if line.strip().startswith(("kubectl create serviceaccount", "kubectl create role"))
+    ]
+    assert len(commands) == 3
+    with running_kubernetes(tmp_path / "k8s") as cluster:
+        authority = ReviewAuthority(cluster)
+        for command in commands:
+            generated = cluster.kubectl(*command[1:], "--dry-run=client", "-o", "yaml").stdout
+            cluster.kubectl("apply", "-f", "-", input=generated)
+        client = cluster.api_client()
+        # As the emulator's admin (the review authority reads the whole header).
+        client.configuration.api_key = {"authorization": f"Bearer {TOKEN}"}
+        client.configuration.api_key_prefix = {}
+        reviews = kubernetes.client.AuthorizationV1Api(client)
+
+        def may(verb: str, name: str, namespace: str = "default") -> bool:
+            review = reviews.create_subject_access_review(
+                {
+                    "apiVersion": "authorization.k8s.io/v1",
+                    "kind": "SubjectAccessReview",
+                    "spec": {
+                        "user": "system:serviceaccount:default:web",
+                        "groups": ["system:serviceaccounts", "system:authenticated"],
+                        "resourceAttributes": {
+                            "verb": verb,
+                            "group": "servegate.io",
+                            "resource": "servingendpoints",
+                            "name": name,
+                            "namespace": namespace,
+                        },
+                    },
+                }
+            )
+            return bool(review.status.allowed)
+
+        assert may("query", "embeddings")
+        assert not may("query", "chat")
+        assert not may("query", "embeddings", "team-a")
+        assert not may("update", "embeddings")
+        assert cluster.get("v1/serviceaccounts", "default", "web") is not None
+        assert authority.review_count(ACCESS_REVIEWS) == 4
 
 
 # ------------------------------------------------------------------------------- deploy/

@@ -1,14 +1,17 @@
 """The operator, driven by kopf's real machinery, against the in-memory Kubernetes API:
 apply, update, a Secret deleted and restored, two endpoints sharing one gateway, deletion
-with garbage collection, Events, and RBAC that matches exactly what the code calls."""
+with garbage collection, Events, and RBAC that matches exactly what the code calls (with
+the gateways' Kubernetes auth on, as deployed, and off)."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import helm_python
 import kubernetes.client
 import pytest
 import yaml
@@ -17,12 +20,13 @@ from kopf.testing import KopfRunner
 from servegate_operator import reconcile
 from servegate_operator.kube import Kube
 from servegate_operator.runtime import RUNTIME
-from servegate_operator.settings import GatewayDefaults, OperatorSettings
+from servegate_operator.settings import GatewayDefaults, OperatorSettings, settings_from_env
 from tests.conftest import REPO
 from tests.k8s.emulator import EmulatedCluster
 
 NS = "team-a"
 SEP = "servegate.io/v1alpha1/servingendpoints"
+CLUSTER_ROLE_BINDINGS = "rbac.authorization.k8s.io/v1/clusterrolebindings"
 CANARY = "sk-OPERATOR-PLAINTEXT-CANARY"
 
 
@@ -249,28 +253,58 @@ def test_invalid_spec_and_plaintext(cluster: EmulatedCluster, operator: Kube) ->
     assert CANARY not in yaml.safe_dump(outputs)
 
 
-def granted_rules() -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) the operator's ClusterRole in deploy/operator/ grants."""
-    documents = [
-        doc
-        for path in sorted((REPO / "deploy" / "operator").glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
-        if doc
-    ]
-    (role,) = [d for d in documents if d["kind"] == "ClusterRole"]
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def deployed_documents(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The operator's install: deploy/operator/ (the chart's defaults), or the chart
+    rendered with ``values``."""
+    if values is None:
+        texts = [p.read_text() for p in sorted((REPO / "deploy" / "operator").glob("*.yaml"))]
+    else:
+        with helm_python.Chart.load(REPO / "helm" / "servegate") as chart:
+            rendered = chart.render(values, name="servegate", namespace="servegate-system")
+        texts = [text for path, text in sorted(rendered.items()) if not path.endswith("NOTES.txt")]
+    return [doc for text in texts for doc in yaml.safe_load_all(text) if doc]
+
+
+def named(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any] | None:
+    found = [d for d in documents if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found[0] if found else None
+
+
+def deployed_settings(documents: list[dict[str, Any]]) -> OperatorSettings:
+    """What the operator's own code reads from the environment its Deployment sets."""
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return dataclasses.replace(settings_from_env(env), reconcile_interval_s=1)
+
+
+def expanded(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) the rules grant (resourceNames are checked apart)."""
     return {
         (group, resource, verb)
-        for rule in role["rules"]
+        for rule in rules
         for group in rule["apiGroups"]
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
 
 
-def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster) -> None:
-    """Run the operator as deployed (every namespace, with peering), exercise every code
-    path that talks to the API, and compare the calls with the ClusterRole."""
+@pytest.mark.parametrize("auth", ["kubernetes", "file"])
+def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster, auth: str) -> None:
+    """Run the operator as deployed (every namespace, with peering; gateway.auth
+    kubernetes as deploy/ has it, or file as the chart renders it), exercise every code
+    path that talks to the API, and compare the calls with its ClusterRole."""
     k8s = cluster
+    documents = (
+        deployed_documents()
+        if auth == "kubernetes"
+        else deployed_documents({"gateway": {"auth": "file"}})
+    )
+    settings = deployed_settings(documents)
+    assert settings.gateway.auth_mode == auth
     k8s.create(
         {
             "apiVersion": "kopf.dev/v1",
@@ -279,7 +313,8 @@ def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster) -
         }
     )
     kube = Kube(k8s.api_client())
-    RUNTIME.use(kube, OperatorSettings(gateway=GatewayDefaults(replicas=2), reconcile_interval_s=1))
+    RUNTIME.use(kube, settings)
+    binding = f"servegate-gateway-reviews-{NS}"
     args = ["run", "-A", "--peering", "servegate", "-m", "servegate_operator.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         k8s.create(secret("openai", {"api_key": "sk-x"}))
@@ -300,9 +335,44 @@ def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster) -
         )
         delete(k8s, SEP, "plain")
         wait_for("plain deleted", lambda: k8s.get(SEP, NS, "plain") is None)
+        # The other branches of the optional objects (PDB and HPA on or off), same code path.
+        for gateway in (
+            dataclasses.replace(settings.gateway, replicas=1),
+            dataclasses.replace(settings.gateway, replicas=1, hpa_max_replicas=3),
+        ):
+            reconcile.apply_gateway(kube, NS, dataclasses.replace(settings, gateway=gateway))
+        if auth == "kubernetes":
+            assert k8s.get(CLUSTER_ROLE_BINDINGS, None, binding) is not None
+        # The last endpoint goes: with Kubernetes auth, its binding goes too.
+        delete(k8s, SEP, "emb")
+        wait_for("emb deleted", lambda: k8s.get(SEP, NS, "emb") is None)
+        assert k8s.get(CLUSTER_ROLE_BINDINGS, None, binding) is None
     assert runner.exit_code == 0, runner.output
-    # The other branches of the optional objects (PDB and HPA on or off), same code path.
-    for gateway in (GatewayDefaults(replicas=1), GatewayDefaults(replicas=1, hpa_max_replicas=3)):
-        reconcile.apply_gateway(kube, NS, OperatorSettings(gateway=gateway))
     called = set(kube.calls) | k8s.rbac_calls(user_agent="kopf")
-    assert called == granted_rules()
+    role = named(documents, "ClusterRole", "servegate-operator")
+    assert role is not None
+    granted = expanded(role["rules"])
+    # `bind` is no call: Kubernetes checks it when the operator writes a binding to the
+    # reviewer ClusterRole (it does not hold that role's permissions itself).
+    implied = (
+        {(RBAC_GROUP, "clusterroles", "bind")}
+        if (RBAC_GROUP, "clusterrolebindings", "create") in called
+        else set()
+    )
+    # Without Kubernetes auth, the start-up sweep of review bindings still tries to list
+    # them (to clean up after a switch from kubernetes), expecting a 403 under this role.
+    best_effort = {(RBAC_GROUP, "clusterrolebindings", "list")} if auth == "file" else set()
+    assert best_effort <= called
+    assert (called - best_effort) | implied == granted
+    reviewer = named(documents, "ClusterRole", settings.gateway.reviewer_cluster_role)
+    if auth == "kubernetes":
+        (bind,) = [r for r in role["rules"] if "bind" in r["verbs"]]
+        assert bind["resourceNames"] == [settings.gateway.reviewer_cluster_role]
+        assert reviewer is not None
+        assert expanded(reviewer["rules"]) == {
+            ("authentication.k8s.io", "tokenreviews", "create"),
+            ("authorization.k8s.io", "subjectaccessreviews", "create"),
+        }
+    else:
+        assert reviewer is None
+        assert not [t for t in granted if t[0] == RBAC_GROUP or t[1] == "serviceaccounts"]

@@ -1,6 +1,8 @@
 """The rendered gateway pod really runs: the operator's Deployment, its volumes and
 ``servegate serve`` agree. A stand-in kubelet (kubelet.py) mounts the rendered ConfigMaps and
-Secrets, starts the container's own command, and requests go through it to a simulator."""
+Secrets, starts the container's own command, and requests go through it to a simulator.
+With Kubernetes auth (the chart's default), the pod authenticates its callers against the
+emulated API server with its ServiceAccount, as bound by the operator to deploy/'s role."""
 
 from __future__ import annotations
 
@@ -9,9 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import yaml
 
 from servegate.spec import ServingEndpointSpec
+from servegate_operator import reconcile
+from servegate_operator.kube import CLUSTER_ROLE_BINDINGS as CRBS
+from servegate_operator.kube import Kube
 from servegate_operator.render.config import render_endpoint
 from servegate_operator.render.gateway import render_deployment
 from servegate_operator.settings import GatewayDefaults
@@ -24,7 +31,17 @@ from tests.conftest import (
     start_site,
     wait_for_generation,
 )
+from tests.k8s.emulator import EmulatedCluster
+from tests.k8s.reviews import ReviewAuthority, service_account
 from tests.operator.kubelet import Pod
+from tests.operator.test_operator import (
+    CLUSTER_ROLE_BINDINGS,
+    NS,
+    SEP,
+    deployed_documents,
+    deployed_settings,
+    named,
+)
 
 KEY = "sk-pod-key"
 PLAIN = "sk-pod-plaintext"
@@ -41,23 +58,25 @@ def sim(background_loop: BackgroundLoop) -> Iterator[str]:
     background_loop.run(runner.cleanup())
 
 
-def spec(base: str, key_field: dict[str, str]) -> ServingEndpointSpec:
-    return ServingEndpointSpec.model_validate(
-        {
-            "config": {
-                "served_entities": [
-                    {
-                        "external_model": {
-                            "name": "gpt-4o-mini",
-                            "provider": "openai",
-                            "task": "llm/v1/chat",
-                            "openai_config": {"openai_api_base": base, **key_field},
-                        }
+def spec_document(base: str, key_field: dict[str, str]) -> dict[str, Any]:
+    return {
+        "config": {
+            "served_entities": [
+                {
+                    "external_model": {
+                        "name": "gpt-4o-mini",
+                        "provider": "openai",
+                        "task": "llm/v1/chat",
+                        "openai_config": {"openai_api_base": base, **key_field},
                     }
-                ]
-            }
+                }
+            ]
         }
-    )
+    }
+
+
+def spec(base: str, key_field: dict[str, str]) -> ServingEndpointSpec:
+    return ServingEndpointSpec.model_validate(spec_document(base, key_field))
 
 
 def secret(name: str, data: dict[str, str]) -> dict[str, Any]:
@@ -107,3 +126,95 @@ def test_rendered_gateway_pod_serves_through_its_mounts(
     finally:
         gateway.stop()
     assert PLAIN not in gateway.logs() and KEY not in gateway.logs()
+
+
+async def ask(url: str, endpoint: str, token: str | None) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/serving-endpoints/{endpoint}/invocations",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+            headers=headers,
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+def test_rendered_gateway_pod_authenticates_kubernetes_identities(
+    cluster: EmulatedCluster, tmp_path: Path, sim: str, background_loop: BackgroundLoop
+) -> None:
+    """deploy/ installed (its reviewer ClusterRole), the operator's settings from deploy/'s
+    Deployment, one reconcile of an endpoint (ServiceAccount, binding, gateway), and that
+    gateway pod run with its ServiceAccount's token: callers' projected tokens for the
+    audience, and a team's Role, decide who queries what; without the operator's binding
+    the gateway may not ask."""
+    run = background_loop.run
+    authority = ReviewAuthority(cluster)
+    documents = deployed_documents()
+    settings = deployed_settings(documents)
+    reviewer = named(documents, "ClusterRole", settings.gateway.reviewer_cluster_role)
+    assert reviewer is not None
+    cluster.create(reviewer)
+    keys = secret("team-keys", {"openai": KEY})
+    cluster.create({**keys, "metadata": {"name": "team-keys", "namespace": NS}})
+    cluster.create(
+        {
+            "apiVersion": "servegate.io/v1alpha1",
+            "kind": "ServingEndpoint",
+            "metadata": {"name": "chat", "namespace": NS},
+            "spec": spec_document(sim, {"openai_api_key": "{{secrets/team_keys/openai}}"}),
+        }
+    )
+    kube = Kube(cluster.api_client())
+    chat = cluster.get(SEP, NS, "chat")
+    assert chat is not None
+    reconcile.reconcile(kube, chat, settings, "2026-11-22T00:00:00Z")
+    deployment = cluster.get("apps/v1/deployments", NS, "servegate-gateway")
+    config_map = cluster.get("v1/configmaps", NS, "servegate-ep-chat")
+    assert deployment is not None and config_map is not None
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    assert cluster.get("v1/serviceaccounts", NS, account) is not None
+
+    # kubelet mounts the pod's ServiceAccount token (API server audience); outside a pod,
+    # the gateway finds the API server and that token through a kubeconfig.
+    pod_token = authority.issue(service_account(NS, account, pod="servegate-gateway-7d9f-x2x"))
+    kubeconfig = cluster.kubeconfig_dict(NS)
+    kubeconfig["users"][0]["user"]["token"] = pod_token
+    (tmp_path / "sa-kubeconfig.yaml").write_text(yaml.safe_dump(kubeconfig))
+    objects = {("ConfigMap", "servegate-ep-chat"): config_map, ("Secret", "team-keys"): keys}
+    pod = Pod(deployment, objects, tmp_path / "pod")
+    env = {**pod.env, "KUBECONFIG": str(tmp_path / "sa-kubeconfig.yaml")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    gateway = GatewayProcess(pod.args, tmp_path / "pod.log", env=env, port_zero=False)
+    try:
+        # A team's grant, as the chart's README writes it.
+        authority.grant(
+            "query-chat",
+            [{"kind": "ServiceAccount", "name": "web", "namespace": NS}],
+            verbs=["query"],
+            resource_names=["chat"],
+            namespace=NS,
+        )
+        web = authority.issue(service_account(NS, "web", audiences=["servegate"]))
+        status, body = run(ask(gateway.url, "chat", web))
+        assert status == 200, body
+        other = authority.issue(service_account(NS, "batch", audiences=["servegate"]))
+        assert run(ask(gateway.url, "chat", other))[0] == 403  # no Role for it
+        replayable = authority.issue(service_account(NS, "web"))  # the API server's audience
+        assert run(ask(gateway.url, "chat", replayable))[0] == 401
+        assert run(ask(gateway.url, "chat", None))[0] == 401
+
+        # The binding deleted by hand: the gateway may not review; the next reconcile
+        # restores it.
+        binding = f"servegate-gateway-reviews-{NS}"
+        kube.delete(CRBS, None, binding)
+        assert cluster.get(CLUSTER_ROLE_BINDINGS, None, binding) is None
+        late = authority.issue(service_account(NS, "web", audiences=["servegate"]))
+        status, body = run(ask(gateway.url, "chat", late))
+        assert (status, body["error_code"]) == (503, "TEMPORARILY_UNAVAILABLE")
+        reconcile.apply_gateway(kube, NS, settings)
+        assert run(ask(gateway.url, "chat", late))[0] == 200
+    finally:
+        gateway.stop()
+    assert KEY not in gateway.logs() and web not in gateway.logs()

@@ -11,13 +11,15 @@ import pytest
 import yaml
 
 from servegate.spec import ServingEndpointManifest, load_manifests
-from servegate_operator.naming import secret_name_for_scope
+from servegate_operator.naming import review_binding_name, secret_name_for_scope
 from servegate_operator.render.config import render_endpoint
 from servegate_operator.render.gateway import (
     render_deployment,
     render_hpa,
     render_pdb,
+    render_review_binding,
     render_service,
+    render_service_account,
 )
 from servegate_operator.settings import GatewayDefaults, settings_from_env
 from tests.conftest import REPO
@@ -237,6 +239,69 @@ def test_service_pdb_hpa_and_auth_secret() -> None:
     assert render_hpa("ns", single) is None
 
 
+def test_kubernetes_auth_runs_the_gateway_as_its_own_service_account() -> None:
+    chat = render_endpoint("chat", "team-a", example("chat").spec)
+    gateway = GatewayDefaults(
+        auth_mode="kubernetes", auth_audience="llm.example.com", reviewer_cluster_role="rel-reviews"
+    )
+    deployment = render_deployment("team-a", [chat], gateway)
+    validate(deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "servegate-gateway"
+    assert pod["automountServiceAccountToken"] is True  # the reviews need the pod's token
+    args = pod["containers"][0]["args"]
+    auth = args.index("--auth")
+    assert args[auth : auth + 4] == ["--auth", "kubernetes", "--auth-audience", "llm.example.com"]
+    assert "--insecure-no-auth" not in args and "--auth-file" not in args
+    assert "--auth-namespace" not in args  # the pod's own namespace, from its token mount
+
+    account = render_service_account("team-a", gateway)
+    assert account is not None
+    validate(account)
+    assert account["metadata"] == deployment["metadata"]  # name, namespace, labels
+    assert account["automountServiceAccountToken"] is False  # only where a pod asks
+
+    binding = render_review_binding("team-a", gateway)
+    assert binding is not None
+    validate(binding)
+    assert binding["metadata"]["name"] == "servegate-gateway-reviews-team-a"
+    assert "namespace" not in binding["metadata"]  # cluster-scoped, so no owners either
+    assert binding["metadata"]["labels"]["servegate.io/gateway-namespace"] == "team-a"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "rel-reviews",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "team-a"}
+    ]
+
+    # Static tokens still work beside Kubernetes identities.
+    both = render_deployment(
+        "team-a", [chat], GatewayDefaults(auth_mode="kubernetes", auth_secret="a")
+    )
+    args = both["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"kubernetes", "--auth-file"} <= set(args)
+
+
+def test_file_auth_renders_no_identity() -> None:
+    gateway = GatewayDefaults()
+    assert gateway.auth_mode == "file"  # the library default; the chart renders kubernetes
+    pod = render_deployment("team-a", [], gateway)["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod
+    assert "--auth" not in pod["containers"][0]["args"]
+    assert render_service_account("team-a", gateway) is None
+    assert render_review_binding("team-a", gateway) is None
+
+
+def test_review_binding_names_are_never_shortened() -> None:
+    """A namespace name has at most 63 characters: the chart's namespaced RBAC names the
+    bindings without hashing (helm/servegate/templates/_helpers.tpl)."""
+    longest = "n" * 63
+    assert review_binding_name(longest) == f"servegate-gateway-reviews-{longest}"
+
+
 def test_settings_from_env() -> None:
     settings = settings_from_env(
         {
@@ -244,7 +309,19 @@ def test_settings_from_env() -> None:
             "SERVEGATE_GATEWAY_REPLICAS": "3",
             "SERVEGATE_GATEWAY_RESOURCES": '{"requests": {"cpu": "1"}}',
             "SERVEGATE_RECONCILE_INTERVAL": "5",
+            "SERVEGATE_GATEWAY_AUTH": "kubernetes",
+            "SERVEGATE_GATEWAY_AUTH_AUDIENCE": "llm",
+            "SERVEGATE_GATEWAY_REVIEWER_CLUSTER_ROLE": "rel-gateway-reviews",
         }
+    )
+    assert settings.gateway.auth_mode == "kubernetes"
+    assert settings.gateway.auth_audience == "llm"
+    assert settings.gateway.reviewer_cluster_role == "rel-gateway-reviews"
+    defaults = settings_from_env({}).gateway
+    assert (defaults.auth_mode, defaults.auth_audience, defaults.reviewer_cluster_role) == (
+        "file",
+        "servegate",
+        "servegate-gateway-reviews",
     )
     assert settings.gateway.image == "registry.local/servegate:1"
     assert settings.gateway.replicas == 3
@@ -252,6 +329,8 @@ def test_settings_from_env() -> None:
     assert settings.reconcile_interval_s == 5
     with pytest.raises(ValueError, match="SERVEGATE_GATEWAY_RESOURCES must be JSON"):
         settings_from_env({"SERVEGATE_GATEWAY_RESOURCES": "{nope"})
+    with pytest.raises(ValueError, match="SERVEGATE_GATEWAY_AUTH must be one of file, kubernetes"):
+        settings_from_env({"SERVEGATE_GATEWAY_AUTH": "Kubernetes"})
 
 
 def test_deploy_manifests_are_valid_kubernetes_objects() -> None:

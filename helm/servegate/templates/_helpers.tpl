@@ -113,6 +113,24 @@ The operator's ServiceAccount name.
 {{- end }}
 
 {{/*
+The ClusterRole every gateway's ServiceAccount is bound to with `gateway.auth: kubernetes`
+(create TokenReviews and SubjectAccessReviews). Not truncated: a ClusterRole name may be
+253 characters, and truncating could make it the operator's own ClusterRole name.
+*/}}
+{{- define "servegate.reviewerRoleName" -}}
+{{- printf "%s-gateway-reviews" (include "servegate.fullname" .) }}
+{{- end }}
+
+{{/*
+The name the operator gives the ClusterRoleBinding of namespace NS's gateway
+(servegate_operator.naming.review_binding_name; a namespace name is at most 63
+characters, so the name is never shortened). Called with (list $ NS).
+*/}}
+{{- define "servegate.reviewBindingName" -}}
+{{- printf "servegate-gateway-reviews-%s" (index . 1) }}
+{{- end }}
+
+{{/*
 The kopf peering object's name (the operator's --peering flag).
 */}}
 {{- define "servegate.peeringName" -}}
@@ -186,4 +204,44 @@ cluster-wide ClusterRole and in each watched namespace's Role.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [create, patch, delete]
+{{- if eq .Values.gateway.auth "kubernetes" }}
+# gateway.auth kubernetes: the gateway's ServiceAccount (servegate-gateway), owned like the rest.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, patch]
+{{- end }}
+{{- end }}
+
+{{/*
+gateway.auth kubernetes: the cluster-scoped rules for each gateway namespace's
+ClusterRoleBinding to the reviewer ClusterRole. Namespaced mode names the bindings it may
+change (those of the watched namespaces); RBAC cannot restrict create or list by name.
+*/}}
+{{- define "servegate.reviewBindingRules" -}}
+# gateway.auth kubernetes: each gateway namespace's ClusterRoleBinding to the reviewer
+# ClusterRole, applied with the gateway and deleted with its last endpoint (a
+# cluster-scoped object cannot be owned by namespaced ones); list: the start-up sweep of
+# bindings left behind.
+{{- if .Values.watchNamespaces }}
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterrolebindings]
+  verbs: [list, create]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterrolebindings]
+  verbs: [patch, delete]
+  resourceNames:
+    {{- range .Values.watchNamespaces }}
+    - {{ include "servegate.reviewBindingName" (list $ .) }}
+    {{- end }}
+{{- else }}
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterrolebindings]
+  verbs: [list, create, patch, delete]
+{{- end }}
+# Binding a role needs its permissions or `bind` on it: `bind` on this one role only, so
+# the operator can grant the gateways nothing else.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterroles]
+  verbs: [bind]
+  resourceNames: [{{ include "servegate.reviewerRoleName" . }}]
 {{- end }}

@@ -1,4 +1,5 @@
-"""A namespace's endpoints → its one shared gateway: Deployment, Service, PDB and HPA.
+"""A namespace's endpoints → its one shared gateway: Deployment, Service, PDB and HPA, and
+with Kubernetes auth its ServiceAccount and the ClusterRoleBinding for its reviews.
 
 The pod's shape depends only on *which* endpoints and secret keys exist, never on their
 content: config and secret content changes reach the running gateway through its file
@@ -24,11 +25,15 @@ from servegate_operator.naming import (
     GATEWAY_NAME,
     GATEWAY_PORT,
     SECRETS_MOUNT,
+    review_binding_name,
     secret_name_for_scope,
 )
 from servegate_operator.render.config import RenderedEndpoint
 from servegate_operator.render.labels import gateway_selector, labels
 from servegate_operator.settings import GatewayDefaults
+
+GATEWAY_NAMESPACE_LABEL = "servegate.io/gateway-namespace"
+"""On the review ClusterRoleBinding: the namespace whose gateway it serves."""
 
 
 def _metadata(namespace: str, component: str = "gateway") -> dict[str, Any]:
@@ -86,11 +91,15 @@ def render_deployment(
         {"name": "secrets", "projected": {"sources": secret_sources(refs)}},
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
     ]
+    kubernetes_auth = gateway.auth_mode == "kubernetes"
+    if kubernetes_auth:
+        # The SubjectAccessReview namespace is the pod's own (its ServiceAccount's).
+        args += ["--auth", "kubernetes", "--auth-audience", gateway.auth_audience]
     if gateway.auth_secret:
         args += ["--auth-file", f"{AUTH_MOUNT}/auth.yaml"]
         mounts.append({"name": "auth", "mountPath": AUTH_MOUNT, "readOnly": True})
         volumes.append({"name": "auth", "secret": {"secretName": gateway.auth_secret}})
-    else:
+    elif not kubernetes_auth:
         args.append("--insecure-no-auth")
     probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5}
     container = {
@@ -147,7 +156,15 @@ def render_deployment(
                     "annotations": dict(gateway.pod_annotations),
                 },
                 "spec": {
-                    "automountServiceAccountToken": False,
+                    # The gateway talks to the API server only for reviews (--auth kubernetes).
+                    **(
+                        {
+                            "serviceAccountName": GATEWAY_NAME,
+                            "automountServiceAccountToken": True,
+                        }
+                        if kubernetes_auth
+                        else {"automountServiceAccountToken": False}
+                    ),
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 40,
                     "securityContext": {
@@ -165,6 +182,44 @@ def render_deployment(
     if gateway.hpa_max_replicas > gateway.replicas:
         del deployment["spec"]["replicas"]  # the HPA owns the replica count
     return deployment
+
+
+def render_service_account(namespace: str, gateway: GatewayDefaults) -> dict[str, Any] | None:
+    """The gateway's identity for its reviews (``--auth kubernetes`` only)."""
+    if gateway.auth_mode != "kubernetes":
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(namespace),
+        "automountServiceAccountToken": False,  # the pod spec asks for it explicitly
+    }
+
+
+def render_review_binding(namespace: str, gateway: GatewayDefaults) -> dict[str, Any] | None:
+    """Lets the namespace's gateway create TokenReviews and SubjectAccessReviews.
+
+    Both are cluster-scoped, so only a ClusterRoleBinding grants them; cluster-scoped
+    objects cannot be owned by namespaced ones, so the operator deletes it itself when the
+    namespace's gateway goes (label ``servegate.io/gateway-namespace``). The ClusterRole
+    is the chart's (``gateway.reviewer_cluster_role``), the only one the operator may bind.
+    """
+    if gateway.auth_mode != "kubernetes":
+        return None
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {
+            "name": review_binding_name(namespace),
+            "labels": {**labels("gateway"), GATEWAY_NAMESPACE_LABEL: namespace},
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": gateway.reviewer_cluster_role,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": namespace}],
+    }
 
 
 def render_service(namespace: str, gateway: GatewayDefaults) -> dict[str, Any]:
