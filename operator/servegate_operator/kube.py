@@ -48,6 +48,7 @@ SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts")
 CLUSTER_ROLE_BINDINGS = Resource(
     "rbac.authorization.k8s.io", "v1", "clusterrolebindings", namespaced=False
 )
+ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
 
 BY_KIND = {
     "ConfigMap": CONFIG_MAPS,
@@ -58,6 +59,7 @@ BY_KIND = {
     "HorizontalPodAutoscaler": HPAS,
     "ServiceAccount": SERVICE_ACCOUNTS,
     "ClusterRoleBinding": CLUSTER_ROLE_BINDINGS,
+    "RoleBinding": ROLE_BINDINGS,
 }
 
 

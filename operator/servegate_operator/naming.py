@@ -17,6 +17,9 @@ ENDPOINTS_MOUNT = "/etc/servegate/endpoints"
 SECRETS_MOUNT = "/etc/servegate/secrets"
 AUTH_MOUNT = "/etc/servegate/auth"
 GATEWAY_PORT = 8080
+CONTROL_PLANE_BINDING_NAME = "servegate-gateway-control-plane"
+"""The RoleBinding of a namespace's gateway to the control-plane ClusterRole (the chart's
+namespaced RBAC names it: ``servegate.controlPlaneBindingName``)."""
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 

@@ -9,7 +9,9 @@ With ``--auth kubernetes`` the gateway also gets its ServiceAccount (owned like 
 and a ClusterRoleBinding to the reviewer ClusterRole. A cluster-scoped object cannot be
 owned by namespaced ones, so the operator removes that binding itself: whenever a
 reconcile of the namespace finds no endpoint left, and at start-up for bindings whose
-namespace has none (or when the gateways no longer use Kubernetes auth).
+namespace has none (or when the gateways no longer use Kubernetes auth). With
+``--control-plane kubernetes`` it also gets a RoleBinding to the control-plane ClusterRole:
+namespaced, so owned like the rest and garbage-collected with the last endpoint.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from servegate.spec.secrets import SecretRef
 from servegate_operator import kube
 from servegate_operator.kube import Kube
 from servegate_operator.naming import (
+    CONTROL_PLANE_BINDING_NAME,
     GATEWAY_NAME,
     config_map_name,
     endpoint_url,
@@ -38,6 +41,7 @@ from servegate_operator.naming import (
 from servegate_operator.render.config import RenderedEndpoint, render_endpoint
 from servegate_operator.render.gateway import (
     GATEWAY_NAMESPACE_LABEL,
+    render_control_plane_binding,
     render_deployment,
     render_hpa,
     render_pdb,
@@ -281,10 +285,17 @@ def apply_gateway(k: Kube, namespace: str, settings: OperatorSettings) -> dict[s
             last_good = _last_good(k, endpoint, namespace)
             if last_good is not None:
                 rendered.append(last_good)
-    objects = [render_deployment(namespace, rendered, gateway), render_service(namespace, gateway)]
-    service_account = render_service_account(namespace, gateway)
-    if service_account is not None:  # before the Deployment, whose pods run as it
-        objects.insert(0, service_account)
+    # The identity first: the Deployment's pods run as the ServiceAccount and write with
+    # the RoleBinding's grant.
+    objects = [
+        obj
+        for obj in (
+            render_service_account(namespace, gateway),
+            render_control_plane_binding(namespace, gateway),
+        )
+        if obj is not None
+    ]
+    objects += [render_deployment(namespace, rendered, gateway), render_service(namespace, gateway)]
     for optional, resource in (
         (render_pdb(namespace, gateway), kube.PDBS),
         (render_hpa(namespace, gateway), kube.HPAS),
@@ -293,8 +304,35 @@ def apply_gateway(k: Kube, namespace: str, settings: OperatorSettings) -> dict[s
             k.delete(resource, namespace, GATEWAY_NAME)
         else:
             objects.append(optional)
-    applied = {obj["kind"]: k.apply(_owned(obj, endpoints, controller=False)) for obj in objects}
+    applied = {}
+    for obj in objects:
+        owned = _owned(obj, endpoints, controller=False)
+        if obj["kind"] == "RoleBinding":
+            _apply_control_plane_binding(k, owned)
+        else:
+            applied[obj["kind"]] = k.apply(owned)
     return applied["Deployment"]
+
+
+def _apply_control_plane_binding(k: Kube, binding: dict[str, Any]) -> None:
+    """Apply the gateway's control-plane RoleBinding. One whose ``roleRef`` differs
+    (another release's ClusterRole) cannot be changed in place, and the operator may not
+    delete RoleBindings: say so, and leave the rest of the gateway unblocked."""
+    try:
+        k.apply(binding)
+    except ApiException as exc:
+        if exc.status != 422:
+            raise
+        namespace = binding["metadata"]["namespace"]
+        log.error(
+            "RoleBinding %s/%s binds another role and its roleRef cannot change: delete it "
+            "(kubectl delete rolebinding %s -n %s) and the next reconcile recreates it: %s",
+            namespace,
+            CONTROL_PLANE_BINDING_NAME,
+            CONTROL_PLANE_BINDING_NAME,
+            namespace,
+            exc.reason,
+        )
 
 
 REVIEW_BINDING_SELECTOR = f"{GATEWAY_NAMESPACE_LABEL},app.kubernetes.io/managed-by={MANAGED_BY}"

@@ -23,6 +23,8 @@ DEFAULT_RESOURCES: dict[str, Any] = {
 
 AuthMode = Literal["file", "kubernetes"]
 AUTH_MODES: tuple[AuthMode, ...] = ("file", "kubernetes")
+ControlPlane = Literal["kubernetes"]
+CONTROL_PLANES: tuple[ControlPlane, ...] = ("kubernetes",)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,14 @@ class GatewayDefaults:
     reviewer_cluster_role: str = "servegate-gateway-reviews"
     """The chart's ClusterRole granting ``create`` on tokenreviews and
     subjectaccessreviews, bound to each gateway's ServiceAccount."""
+    control_plane: ControlPlane | None = None
+    """``kubernetes``: the gateway's REST API creates, updates and deletes ServingEndpoints
+    (and their ``<name>-credentials`` Secrets) in its namespace (``--control-plane
+    kubernetes``); its ServiceAccount is then bound, in that namespace only, to
+    ``control_plane_cluster_role`` by a RoleBinding. Needs ``auth_mode`` ``kubernetes``."""
+    control_plane_cluster_role: str = "servegate-gateway-control-plane"
+    """The chart's ClusterRole granting what ``--control-plane kubernetes`` writes with
+    (``servegate.control.kubestore.REQUIRED_RULES``), bound per namespace."""
     run_as_user: int = 10001
     security_context: Mapping[str, Any] = field(default_factory=dict)
     """Merged over the container's secure defaults (non-root, read-only root filesystem,
@@ -62,6 +72,10 @@ class GatewayDefaults:
     """Gateway worker processes per pod (``--workers``): one per CPU the pod may use."""
     redis_url: str | None = None
     """Shared rate-limit storage for the gateway's replicas (SERVEGATE_REDIS_URL in the pod)."""
+
+    def __post_init__(self) -> None:
+        if self.control_plane is not None and self.auth_mode != "kubernetes":
+            raise ValueError("control_plane 'kubernetes' needs auth_mode 'kubernetes'")
 
 
 @dataclass(frozen=True)
@@ -89,9 +103,28 @@ def _auth_mode(value: str) -> AuthMode:
     return value
 
 
+def _control_plane(value: str, auth_mode: AuthMode) -> ControlPlane | None:
+    """Empty: off. The gateway refuses ``--control-plane kubernetes`` without ``--auth
+    kubernetes``, so rendering it would only crash every gateway: refuse it here."""
+    if not value:
+        return None
+    if value not in CONTROL_PLANES:
+        raise ValueError(
+            f"SERVEGATE_GATEWAY_CONTROL_PLANE must be empty or one of "
+            f"{', '.join(CONTROL_PLANES)}: {value!r}"
+        )
+    if auth_mode != "kubernetes":
+        raise ValueError(
+            "SERVEGATE_GATEWAY_CONTROL_PLANE=kubernetes needs SERVEGATE_GATEWAY_AUTH=kubernetes: "
+            "the gateway authorizes REST API writes with SubjectAccessReviews"
+        )
+    return "kubernetes"
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     env = os.environ if env is None else env
     base = GatewayDefaults()
+    auth_mode = _auth_mode(env.get("SERVEGATE_GATEWAY_AUTH") or base.auth_mode)
     gateway = GatewayDefaults(
         image=env.get("SERVEGATE_GATEWAY_IMAGE", base.image),
         image_pull_policy=env.get("SERVEGATE_GATEWAY_IMAGE_PULL_POLICY", base.image_pull_policy),
@@ -104,10 +137,13 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         hpa_cpu_utilization=int(env.get("SERVEGATE_GATEWAY_HPA_CPU", base.hpa_cpu_utilization)),
         pdb_min_available=int(env.get("SERVEGATE_GATEWAY_PDB_MIN_AVAILABLE", 1)),
         auth_secret=env.get("SERVEGATE_GATEWAY_AUTH_SECRET") or None,
-        auth_mode=_auth_mode(env.get("SERVEGATE_GATEWAY_AUTH") or base.auth_mode),
+        auth_mode=auth_mode,
         auth_audience=env.get("SERVEGATE_GATEWAY_AUTH_AUDIENCE") or base.auth_audience,
         reviewer_cluster_role=env.get("SERVEGATE_GATEWAY_REVIEWER_CLUSTER_ROLE")
         or base.reviewer_cluster_role,
+        control_plane=_control_plane(env.get("SERVEGATE_GATEWAY_CONTROL_PLANE", ""), auth_mode),
+        control_plane_cluster_role=env.get("SERVEGATE_GATEWAY_CONTROL_PLANE_CLUSTER_ROLE")
+        or base.control_plane_cluster_role,
         redis_url=env.get("SERVEGATE_GATEWAY_REDIS_URL") or None,
         workers=int(env.get("SERVEGATE_GATEWAY_WORKERS", 1)),
         security_context=_json_env(env, "SERVEGATE_GATEWAY_SECURITY_CONTEXT", {}),

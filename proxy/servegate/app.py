@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from aiohttp import web
 
@@ -12,8 +13,11 @@ from servegate import keys
 from servegate.auth.kube import DEFAULT_AUDIENCE
 from servegate.auth.setup import AuthMode, build_auth
 from servegate.config import ConfigHolder, ConfigSource
-from servegate.control.statedir import StateDir
-from servegate.ingress.body import MAX_BODY_BYTES
+from servegate.control.kubestore import kubernetes_store
+from servegate.control.statedir import LocalStore, StateDir
+from servegate.control.store import ControlPlaneConfigError
+from servegate.ingress.body import DEFAULT_BODY_TIMEOUT_S, MAX_BODY_BYTES, body_timeout_key
+from servegate.ingress.health import Drain, close_while_draining, drain_key, track_in_flight
 from servegate.ingress.middleware import add_request_id, gateway_middleware
 from servegate.ingress.routes import setup_routes
 from servegate.pipeline import ask_endpoint
@@ -27,6 +31,7 @@ from servegate.records.recorder import Recorder
 from servegate.records.writer import RecordWriter
 from servegate.reload import publish_readiness, watcher_context
 from servegate.secretstore import SecretStore
+from servegate.streaming.relay import ActiveStreams, active_streams_key
 from servegate.transport.client import Timeouts, UpstreamClient
 from servegate.transport.credentials import DEFAULT_AUTHORITY_HOST, CredentialRegistry
 
@@ -66,8 +71,21 @@ class GatewaySettings:
     """Extra CA certificates (PEM) trusted for upstream TLS, beside the system's."""
     state_dir: Path | None = None
     """Where endpoints created through the REST API are stored (None: the API is read-only)."""
+    control_plane: Literal["kubernetes"] | None = None
+    """``kubernetes``: the REST API writes ServingEndpoint resources in the auth namespace
+    (needs ``auth="kubernetes"``; excludes ``state_dir``)."""
     manage_group: str = "admins"
     """With an auth file, the group whose members may create, change and delete endpoints."""
+
+    # Client connections and shutdown (server.py, ingress/health.py, ingress/body.py).
+    client_body_timeout: float = DEFAULT_BODY_TIMEOUT_S
+    """Seconds the whole request body may take to arrive; then 408."""
+    keepalive_timeout: float = 75.0
+    """Seconds an idle keep-alive client connection is kept open."""
+    drain_delay: float = 0.0
+    """After SIGTERM: seconds /readyz fails while new connections are still accepted."""
+    grace_period: float = 30.0
+    """After SIGTERM: seconds until requests still in flight are cut off."""
 
 
 async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -98,6 +116,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
         kubeconfig=settings.kubeconfig,
         manage_group=settings.manage_group,
     )
+    if settings.control_plane is not None and settings.state_dir is not None:
+        raise ControlPlaneConfigError("--state-dir and --control-plane exclude each other")
     paths, secrets_dir = settings.paths, settings.secrets_dir
     state: StateDir | None = None
     if settings.state_dir is not None:  # API-created endpoints, served beside the PATHs
@@ -114,6 +134,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app[keys.auth_holder] = auth
     if state is not None:
         app[keys.state_dir] = state
+        app[keys.endpoint_store] = LocalStore(state)
+    elif settings.control_plane == "kubernetes":
+        app[keys.endpoint_store] = kubernetes_store(auth)
     app[keys.config_holder] = ConfigHolder(source, source.load())
     metrics = app[keys.metrics] = Metrics()
     metrics.requester_labels = settings.metrics_requester_labels
@@ -145,5 +168,12 @@ def create_app(settings: GatewaySettings) -> web.Application:
         watched += [p for p in (secrets_dir, settings.auth_file) if p is not None]
         app.cleanup_ctx.append(watcher_context(watched))
     app.on_response_prepare.append(add_request_id)
+    # Client connections and shutdown: the drain state and the requests in flight (the
+    # outermost middleware), the relayed streams, the body read's time limit.
+    app[drain_key] = Drain()
+    app[active_streams_key] = ActiveStreams()
+    app[body_timeout_key] = settings.client_body_timeout
+    app.middlewares.insert(0, track_in_flight)
+    app.on_response_prepare.append(close_while_draining)
     setup_routes(app)
     return app

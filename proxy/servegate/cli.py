@@ -163,6 +163,15 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         "DIR/secrets by default); without it the API is read-only",
     )
     parser.add_argument(
+        "--control-plane",
+        choices=["kubernetes"],
+        default=os.environ.get("SERVEGATE_CONTROL_PLANE") or None,
+        help="kubernetes: endpoints created through the REST API become ServingEndpoint "
+        "resources in the --auth-namespace, which the operator serves (needs --auth "
+        "kubernetes; the gateway's ServiceAccount needs a Role on servingendpoints and "
+        "secrets); without it or --state-dir the API is read-only",
+    )
+    parser.add_argument(
         "--manage-group",
         default=os.environ.get("SERVEGATE_MANAGE_GROUP") or "admins",
         help="with --auth-file, the group whose members may create, change and delete "
@@ -173,6 +182,53 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="count requests per requester in /metrics (unbounded label values: off by default)",
     )
+    # Client connections and shutdown (server.py: the drain sequence).
+    parser.add_argument(
+        "--client-body-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="a request body must arrive completely within this time, else 408 (default 30)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        type=_seconds,
+        default=75.0,
+        metavar="SECONDS",
+        help="close a client's keep-alive connection after this long idle (default 75: "
+        "longer than the usual load balancer idle timeout of 60)",
+    )
+    parser.add_argument(
+        "--drain-delay",
+        type=_seconds,
+        default=_default_drain_delay(),
+        metavar="SECONDS",
+        help="on SIGTERM, keep accepting connections this long while /readyz answers 503, "
+        "so load balancers stop sending new ones first (default: 5 in a Kubernetes pod, "
+        "else 0)",
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, requests and streams in flight may finish within this long "
+        "(counted from the signal, the drain delay included), then they are cut off; "
+        "keep it about 10 s below the pod's terminationGracePeriodSeconds (default 30)",
+    )
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}")
+    return seconds
+
+
+def _default_drain_delay() -> float:
+    """5 s in a Kubernetes pod (the kubelet sets KUBERNETES_SERVICE_HOST in every
+    container): time for the endpoint removal to reach every node. Elsewhere 0."""
+    return 5.0 if os.environ.get("KUBERNETES_SERVICE_HOST") else 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +302,12 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         metrics_requester_labels=args.metrics_requester_labels,
         ca_bundle=args.ca_bundle,
         state_dir=args.state_dir,
+        control_plane=args.control_plane,
         manage_group=args.manage_group,
+        client_body_timeout=args.client_body_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        drain_delay=args.drain_delay,
+        grace_period=args.grace_period,
     )
 
 
@@ -277,6 +338,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"servegate: {refusal}", file=sys.stderr)
         return 2
     settings = settings_from_args(args)
+    if settings.drain_delay >= settings.grace_period > 0:
+        print(
+            "servegate: --drain-delay must be shorter than --grace-period (the grace period "
+            "counts from the signal and includes the delay)",
+            file=sys.stderr,
+        )
+        return 2
     if args.workers > 1 and not settings.redis_url:
         log.warning(
             "%d workers without --redis-url: each worker counts rate limits on its own, so a "

@@ -10,6 +10,7 @@ from servegate.auth.callers import AuthHolder, Principal
 from servegate.canonical.usage import Usage
 from servegate.config import ConfigHolder
 from servegate.control.statedir import StateDir
+from servegate.control.store import EndpointStore
 from servegate.policy.guardrails.judge import Judge
 from servegate.policy.limits import RateLimiter
 from servegate.records.metrics import Metrics
@@ -39,6 +40,8 @@ rate_limiter = web.AppKey("rate_limiter", RateLimiter)
 recorder = web.AppKey("recorder", Recorder)
 state_dir = web.AppKey("state_dir", StateDir)
 """Set only with ``--state-dir``: where API-created endpoints live."""
+endpoint_store: web.AppKey[EndpointStore] = web.AppKey("endpoint_store")
+"""Where the REST API writes endpoints (``control/store.py``); unset: the API is read-only."""
 judge = web.AppKey("judge", Judge)
 """Set only when ``--guardrail-judge`` names an endpoint."""
 

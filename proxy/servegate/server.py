@@ -10,11 +10,33 @@ others down with exit status 1, for the process supervisor (Kubernetes) to resta
 Metrics are aggregated across workers with prometheus_client's multiprocess mode (one
 directory of value files, created here). Rate limits are per worker unless they are in
 Redis (``--redis-url``).
+
+The drain, on SIGTERM (in every worker; times from the signal):
+
+1. at once: ``/readyz`` answers 503 and every response says ``Connection: close``, so the
+   load balancer (the endpoints controller, in Kubernetes) stops sending new connections
+   and keep-alive clients reconnect elsewhere; everything is still answered;
+2. after ``drain_delay`` (``--drain-delay``, long enough for the endpoint removal to
+   reach every node): the listening socket closes, so new connections are refused; each
+   client connection is closed once no request has used it for half a second (a client may
+   send one more request on a connection whose response did not say ``Connection:
+   close``: it is answered, and told);
+3. requests and streams in flight run to their end, until ``grace_period``
+   (``--grace-period``); then a stream still running ends with an error event and
+   ``data: [DONE]``, and anything else left is cancelled (at most 1 s more);
+4. the cleanup contexts run: the usage writer flushes its queue (at most 5 s), the
+   upstream client closes; the process exits 0.
+
+So the process is gone at most ``grace_period`` + about 7 s after SIGTERM: the pod's
+``terminationGracePeriodSeconds`` must be larger (the operator renders 40; the default
+grace period is 30). SIGINT (Ctrl-C) does the same without the delay. A second signal, a
+second or more after the first, skips what is left of the delay and of the grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -28,15 +50,25 @@ from multiprocessing.queues import Queue
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import multiprocess
 
 from servegate.app import GatewaySettings, create_app
+from servegate.ingress.health import Drain, drain_key
 from servegate.ingress.protocol import GatewayRunner
 from servegate.logs import setup_logging
+from servegate.streaming.relay import active_streams_key
 
 log = logging.getLogger("servegate")
 
 _READY_TIMEOUT_S = 60.0
+_CANCEL_WAIT_S = 1.0
+"""After the grace period: how long cancelled requests get to unwind."""
+_LINGER_S = 0.5
+"""While draining: how long a connection stays open after its last response."""
+_POLL_S = 0.1
+_EXIT_MARGIN_S = 10.0
+"""How much longer than the grace period the parent waits for a worker to exit."""
 
 
 class ListenError(OSError):
@@ -56,35 +88,142 @@ async def run_gateway(
     reuse_port: bool = False,
     on_listening: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get time to finish."""
-    access = logging.getLogger("servegate.access")
-    access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
-    app = create_app(settings)
-    runner = GatewayRunner(app, access_log=None, shutdown_timeout=30)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+    """Serve until SIGTERM/SIGINT, then drain (see the module docstring) and return."""
+    signals = _Signals(asyncio.get_running_loop())  # first: a signal during startup counts
     try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound_host, bound_port = runner.addresses[0][:2]
-    url = _show(str(bound_host), int(bound_port))
-    if on_listening is not None:
-        on_listening(url)
-    else:
-        print(f"servegate: listening on {url}", flush=True)
-    if banner:
-        print(banner, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
+        access = logging.getLogger("servegate.access")
+        access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
+        app = create_app(settings)
+        runner = GatewayRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=_CANCEL_WAIT_S,
+            keepalive_timeout=settings.keepalive_timeout,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        bound_host, bound_port = runner.addresses[0][:2]
+        url = _show(str(bound_host), int(bound_port))
+        if on_listening is not None:
+            on_listening(url)
+        else:
+            print(f"servegate: listening on {url}", flush=True)
+        if banner:
+            print(banner, flush=True)
+        try:
+            await signals.first.wait()
+        finally:
+            await _drain(runner, app, settings, signals)
     finally:
-        log.info("shutting down")
-        await runner.cleanup()
+        signals.remove()
+
+
+class _Signals:
+    """SIGTERM and SIGINT: the first starts the drain, a second one hurries it. A repeat
+    within a second is the same request delivered twice (Ctrl-C reaches the workers from
+    the terminal and from the parent process), not a second one."""
+
+    _REPEAT_S = 1.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.first = asyncio.Event()
+        self.again = asyncio.Event()
+        self.received: signal.Signals | None = None
+        self._at = 0.0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        now = self._loop.time()
+        if self.received is None:
+            self.received, self._at = sig, now
+            self.first.set()
+        elif now - self._at >= self._REPEAT_S and not self.again.is_set():
+            log.warning("%s again: not waiting any longer", sig.name)
+            self.again.set()
+
+    def remove(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.remove_signal_handler(sig)
+
+
+async def _drain(
+    runner: web.AppRunner, app: web.Application, settings: GatewaySettings, signals: _Signals
+) -> None:
+    """The drain sequence. Everything but the last step (the cleanup contexts: usage rows
+    flushed, at most 5 s; connections closed) happens within ``grace_period`` of the signal."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.grace_period
+    drain = app[drain_key]
+    drain.begin()  # /readyz: 503; every response from now on: Connection: close
+    # SIGINT is a person at a terminal: no load balancer to wait for.
+    delay = 0.0 if signals.received == signal.SIGINT else settings.drain_delay
+    delay = min(delay, settings.grace_period)
+    log.info(
+        "draining: /readyz answers 503; accepting new connections for %g s more, "
+        "then waiting up to %g s for requests in flight",
+        delay,
+        max(0.0, settings.grace_period - delay),
+    )
+    if delay > 0:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await signals.again.wait()
+    for site in list(runner.sites):  # new connections are refused from here on
+        await site.stop()
+    in_flight = drain.in_flight
+    log.info("stopped listening; %d requests in flight", in_flight)
+    if await _finish_connections(runner, drain, deadline, signals.again):
+        if in_flight:
+            log.info("requests in flight finished")
+    else:
+        streams = app[active_streams_key].end_all()
+        log.warning(
+            "grace period over: %d requests still in flight are cut off (%d streams end "
+            "with an error event)",
+            drain.in_flight,
+            streams,
+        )
+        await drain.wait_idle(_CANCEL_WAIT_S)
+    # Cancels whatever is left, then runs the cleanup contexts in reverse order: the usage
+    # writer flushes its queue (bounded), then the upstream client closes.
+    await runner.cleanup()
+    log.info("stopped")
+
+
+async def _finish_connections(
+    runner: web.AppRunner, drain: Drain, deadline: float, hurry: asyncio.Event
+) -> bool:
+    """Until ``deadline``: let the requests in flight finish, and close each client
+    connection once no request has used it for ``_LINGER_S``. True once none is left.
+
+    Not closing a connection the moment its response ends matters: a response that started
+    before the drain did not say ``Connection: close``, so its client may send its next
+    request on the same connection at once, and closing under that request would fail it
+    (a POST is not retried). Within the linger it is answered, with ``Connection: close``.
+    """
+    server = runner.server
+    loop = asyncio.get_running_loop()
+    quiet_since: dict[RequestHandler, float] = {}
+    while True:
+        now = loop.time()
+        connections = server.connections if server is not None else []
+        for connection in connections:
+            if connection in drain.busy:
+                quiet_since.pop(connection, None)
+            elif now - quiet_since.setdefault(connection, now) >= _LINGER_S:
+                connection.force_close()
+        if not connections and drain.in_flight == 0:
+            return True
+        if now >= deadline or hurry.is_set():
+            return drain.in_flight == 0
+        await asyncio.sleep(min(_POLL_S, deadline - now))
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -142,7 +281,7 @@ def run_workers(settings: GatewaySettings, host: str, port: int, workers: int) -
             if process.is_alive():
                 process.terminate()
         for process in processes:
-            process.join(timeout=40)
+            process.join(timeout=settings.grace_period + _EXIT_MARGIN_S)
             if process.pid is not None:
                 multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
         reservation.close()
@@ -163,6 +302,7 @@ def _supervise(processes: list[Any]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     sentinels: dict[Any, Any] = {process.sentinel: process for process in processes}
+    status = 0
     while sentinels:
         done = multiprocessing.connection.wait(list(sentinels))
         for sentinel in done:
@@ -173,4 +313,8 @@ def _supervise(processes: list[Any]) -> int:
                 )
                 stop(signal.SIGTERM, None)
                 return 1
-    return 0
+            process.join(timeout=5)  # the sentinel can be ready before the exit status is
+            if process.exitcode != 0:
+                log.error("worker %s exited with %s while stopping", process.pid, process.exitcode)
+                status = 1
+    return status

@@ -30,10 +30,12 @@ import pytest
 import yaml
 
 from servegate import cli as gateway_cli
+from servegate.control.kubestore import REQUIRED_RULES
 from servegate_operator import main as operator_main
 from servegate_operator.main import build_parser
-from servegate_operator.naming import review_binding_name
+from servegate_operator.naming import CONTROL_PLANE_BINDING_NAME, review_binding_name
 from servegate_operator.render.gateway import (
+    render_control_plane_binding,
     render_deployment,
     render_review_binding,
     render_service,
@@ -91,6 +93,7 @@ ALL_FEATURES: dict[str, Any] = {
         },
         "podAnnotations": {"prometheus.io/scrape": "true"},
         "authSecret": "servegate-auth",
+        "controlPlane": True,
         "redisUrl": "rediss://:secret@redis.cache.svc:6380/0",
     },
     "networkPolicy": {
@@ -111,6 +114,7 @@ ALL_FEATURES: dict[str, Any] = {
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}, "interval": "15s"},
 }
 NAMESPACED: dict[str, Any] = {"watchNamespaces": ["team-a", "team-b"]}
+CONTROL_PLANE: dict[str, Any] = {"gateway": {"controlPlane": True}}
 
 
 def merged(*layers: dict[str, Any]) -> dict[str, Any]:
@@ -133,8 +137,11 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     ),
     "standalone": {"operator": {"peering": {"enabled": False}}},
     "file-auth": {"gateway": {"auth": "file"}},
+    "control-plane": CONTROL_PLANE,
+    "namespaced-control-plane": merged(NAMESPACED, CONTROL_PLANE),
 }
 REVIEWER_ROLE = "servegate-gateway-reviews"
+CONTROL_PLANE_ROLE = "servegate-gateway-control-plane"
 RBAC = "rbac.authorization.k8s.io"
 # What gateway.auth kubernetes adds to the operator's RBAC (resourceNames checked apart).
 KUBERNETES_AUTH_RULES = {
@@ -144,6 +151,12 @@ KUBERNETES_AUTH_RULES = {
     (RBAC, "clusterrolebindings", "create"),
     (RBAC, "clusterrolebindings", "patch"),
     (RBAC, "clusterrolebindings", "delete"),
+    (RBAC, "clusterroles", "bind"),
+}
+# What gateway.controlPlane adds to the operator's RBAC, in every namespace it manages.
+CONTROL_PLANE_RULES = {
+    (RBAC, "rolebindings", "create"),
+    (RBAC, "rolebindings", "patch"),
     (RBAC, "clusterroles", "bind"),
 }
 
@@ -304,8 +317,11 @@ def test_the_optional_objects_appear_only_when_enabled() -> None:
         "PodDisruptionBudget",
         "ServiceAccount",
     ]
+    assert kinds["control-plane"] == sorted(
+        [*kinds["defaults"], "ClusterRole"]  # the gateways' control-plane role
+    )
     assert kinds["all-features"] == sorted(
-        [*kinds["defaults"], "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "ServiceMonitor"]
+        [*kinds["control-plane"], *("NetworkPolicy",) * 3, "ServiceMonitor"]
     )
     assert kinds["namespaced"] == sorted(
         [
@@ -565,6 +581,10 @@ def test_values_yaml_matches_the_schema_and_is_commented() -> None:
             {"gateway": {"authAudience": "a,b"}},
             "at '/gateway/authAudience': 'a,b' does not match pattern",
         ),
+        (
+            {"gateway": {"controlPlane": "kubernetes"}},
+            "at '/gateway/controlPlane': got string, want boolean",
+        ),
     ],
 )
 def test_values_schema_rejects_bad_values(values: dict[str, Any], message: str) -> None:
@@ -592,6 +612,11 @@ def test_values_schema_rejects_bad_values(values: dict[str, Any], message: str) 
         (
             {"serviceAccount": {"create": False}},
             "serviceAccount.name is required when serviceAccount.create is false",
+        ),
+        (
+            {"gateway": {"auth": "file", "controlPlane": True}},
+            'gateway.controlPlane needs gateway.auth kubernetes (it is "file"): the gateway'
+            " authorizes each REST API write with a SubjectAccessReview of the caller",
         ),
     ],
 )
@@ -802,6 +827,8 @@ def test_gateway_values_reach_the_operator_settings(scenario: str) -> None:
     assert gateway.auth_mode == gateway_values["auth"] == "kubernetes"
     assert gateway.auth_audience == gateway_values["authAudience"] == "servegate"
     assert gateway.reviewer_cluster_role == REVIEWER_ROLE
+    assert gateway.control_plane == ("kubernetes" if gateway_values["controlPlane"] else None)
+    assert gateway.control_plane_cluster_role == CONTROL_PLANE_ROLE
     assert settings.reconcile_interval_s == values["operator"]["reconcileInterval"]
     assert env_of(scenario)["SERVEGATE_GATEWAY_REDIS_URL"] == gateway_values["redisUrl"]
     pod_id = next(e for e in container(scenario)["env"] if e["name"] == "POD_ID")
@@ -937,6 +964,147 @@ def test_file_auth_grants_no_identity_rbac() -> None:
     pod = render_deployment("team-a", [], gateway)["spec"]["template"]["spec"]
     assert "--auth" not in pod["containers"][0]["args"]
     assert pod["automountServiceAccountToken"] is False
+
+
+# ------------------------------------------------------ the gateways' Kubernetes control plane
+
+
+def required_rules() -> list[dict[str, Any]]:
+    """servegate.control.kubestore.REQUIRED_RULES as ClusterRole rules, in their order."""
+    return [
+        {"apiGroups": [group], "resources": [resource], "verbs": list(verbs)}
+        for group, resource, verbs in REQUIRED_RULES
+    ]
+
+
+@pytest.mark.parametrize(
+    ("release", "values"), [("servegate", {}), ("prod", {}), ("x", {"fullnameOverride": "llm"})]
+)
+def test_the_control_plane_cluster_role_is_what_the_gateway_writes_with(
+    release: str, values: dict[str, Any]
+) -> None:
+    """gateway.controlPlane: the chart's role is exactly the gateway's REQUIRED_RULES (the
+    proxy's tests check the gateway calls exactly those), the operator learns its name,
+    and may bind it (and the reviewer role) and no other."""
+    objs = render(merged(values, CONTROL_PLANE), name=release)
+    roles = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ClusterRole"}
+    (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
+    (operator,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert env["SERVEGATE_GATEWAY_CONTROL_PLANE"] == "kubernetes"
+    name = env["SERVEGATE_GATEWAY_CONTROL_PLANE_CLUSTER_ROLE"]
+    prefix = {"servegate": "servegate", "prod": "prod-servegate", "x": "llm"}[release]
+    assert name == f"{prefix}-gateway-control-plane"
+    writer = roles.pop(name)
+    assert writer["rules"] == required_rules()
+    assert writer["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+    # Kept on uninstall, like the reviewer role: the gateways left serving keep their API.
+    assert writer["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    reviewer = env["SERVEGATE_GATEWAY_REVIEWER_CLUSTER_ROLE"]
+    roles.pop(reviewer)
+    ((_, operator_role_),) = roles.items()
+    binds = [r for r in operator_role_["rules"] if "bind" in r["verbs"]]
+    assert sorted(name for rule in binds for name in rule["resourceNames"]) == sorted(
+        [name, reviewer]
+    )
+    assert all(r["resources"] == ["clusterroles"] and r["verbs"] == ["bind"] for r in binds)
+    gateway = settings_from_env(env).gateway
+    binding = render_control_plane_binding("team-a", gateway)
+    assert binding is not None
+    assert binding["roleRef"] == {"apiGroup": RBAC, "kind": "ClusterRole", "name": name}
+
+
+def test_the_control_plane_is_off_by_default() -> None:
+    """It lets the gateways read their namespace's Secrets: a platform team opts in."""
+    assert chart().merge_values({})["gateway"]["controlPlane"] is False
+    for scenario in ("defaults", "namespaced", "file-auth"):
+        names = [r["metadata"]["name"] for r in objects(scenario, "ClusterRole")]
+        assert CONTROL_PLANE_ROLE not in names
+        assert not {k for k in env_of(scenario) if k.startswith("SERVEGATE_GATEWAY_CONTROL")}
+        rules = [
+            r
+            for o in rendered(scenario)
+            if o["kind"] in ("ClusterRole", "Role")
+            for r in o["rules"]
+        ]
+        assert not [t for t in expanded(rules) if t[1] == "rolebindings"]
+    gateway = settings_from_env(env_of("defaults")).gateway
+    assert gateway.control_plane is None
+    args = render_deployment("team-a", [], gateway)["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert "--control-plane" not in args
+    assert render_control_plane_binding("team-a", gateway) is None
+
+
+def test_control_plane_rbac_adds_exactly_the_role_binding_rules() -> None:
+    """The operator's ClusterRole (cluster-wide) or each watched namespace's Role
+    (namespaced) gains create and patch on RoleBindings (patch on the gateway's only) and
+    bind on the control-plane role only; nothing else changes."""
+    assert (
+        expanded(operator_role("control-plane")["rules"])
+        == expanded(operator_role("defaults")["rules"]) | CONTROL_PLANE_RULES
+    )
+    # The binding is namespaced: the namespaced mode's small ClusterRole does not change.
+    assert (
+        operator_role("namespaced-control-plane")["rules"] == operator_role("namespaced")["rules"]
+    )
+    before = {r["metadata"]["namespace"]: r for r in objects("namespaced", "Role")}
+    after = {r["metadata"]["namespace"]: r for r in objects("namespaced-control-plane", "Role")}
+    assert set(after) == set(before) == {"team-a", "team-b"}
+    for namespace, role in after.items():
+        added = expanded(role["rules"]) - expanded(before[namespace]["rules"])
+        assert added == CONTROL_PLANE_RULES
+    for role in [operator_role("control-plane"), *after.values()]:
+        named = {
+            (verb, tuple(rule.get("resourceNames", ())))
+            for rule in role["rules"]
+            if rule["resources"] in (["rolebindings"], ["clusterroles"])
+            for verb in rule["verbs"]
+        }
+        assert named >= {
+            ("create", ()),  # RBAC cannot restrict create by name
+            ("patch", (CONTROL_PLANE_BINDING_NAME,)),
+            ("bind", (CONTROL_PLANE_ROLE,)),
+        }
+        assert not [
+            n
+            for n in named
+            if n[0] in ("create", "patch")
+            and n not in {("create", ()), ("patch", (CONTROL_PLANE_BINDING_NAME,))}
+        ]
+
+
+@pytest.mark.parametrize("scenario", ["control-plane", "all-features", "namespaced-control-plane"])
+def test_gateways_write_through_the_control_plane_when_enabled(
+    scenario: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's environment, through the operator's settings and renderers: each
+    gateway runs `servegate serve ... --auth kubernetes ... --control-plane kubernetes`
+    (which the gateway's CLI accepts), and its namespace's RoleBinding binds its
+    ServiceAccount to the chart's control-plane role."""
+    gateway = settings_from_env(env_of(scenario)).gateway
+    deployment = render_deployment("team-a", [], gateway)
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--control-plane") :][:2] == ["--control-plane", "kubernetes"]
+    for name in ("SERVEGATE_CONTROL_PLANE", "SERVEGATE_AUTH", "SERVEGATE_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    parsed = gateway_cli.build_parser().parse_args(args)
+    assert (parsed.auth, parsed.control_plane) == ("kubernetes", "kubernetes")
+    binding = render_control_plane_binding("team-a", gateway)
+    account = render_service_account("team-a", gateway)
+    assert binding is not None and account is not None
+    assert binding["metadata"]["namespace"] == "team-a"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "team-a"}
+    ]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    roles = [r["metadata"]["name"] for r in objects(scenario, "ClusterRole")]
+    assert binding["roleRef"]["name"] in roles
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(binding, version, strict=True)
+        kubernetes_validate.validate(deployment, version, strict=True)
 
 
 # ------------------------------------------------------------------------ NetworkPolicies
@@ -1111,6 +1279,57 @@ def test_the_notes_grant_is_what_the_gateway_asks_for(tmp_path: Path) -> None:
         assert not may("update", "embeddings")
         assert cluster.get("v1/serviceaccounts", "default", "web") is not None
         assert authority.review_count(ACCESS_REVIEWS) == 4
+
+
+def test_the_notes_grant_to_manage_endpoints_is_what_the_gateway_asks_for(tmp_path: Path) -> None:
+    """gateway.controlPlane: the NOTES' kubectl commands give a ServiceAccount the verbs
+    the gateway's SubjectAccessReviews ask about for REST API writes, on any endpoint of
+    that namespace; without the option the NOTES say nothing of it."""
+    assert "gateway.controlPlane" not in notes({})
+    text = notes(CONTROL_PLANE)
+    assert "A gateway exists while its namespace has at least one ServingEndpoint" in text
+    assert "may now read every Secret of its namespace" in text
+    assert "DATABRICKS_HOST=http://servegate-gateway.default.svc" in text
+    grant = ("kubectl create serviceaccount ml", "kubectl create role manage-endpoints")
+    grant += ("kubectl create rolebinding ml-manage-endpoints",)
+    commands = [
+        shlex.split(line.strip()) for line in text.splitlines() if line.strip().startswith(grant)
+    ]
+    assert len(commands) == 3
+    with running_kubernetes(tmp_path / "k8s") as cluster:
+        ReviewAuthority(cluster)
+        for command in commands:
+            generated = cluster.kubectl(*command[1:], "--dry-run=client", "-o", "yaml").stdout
+            cluster.kubectl("apply", "-f", "-", input=generated)
+        client = cluster.api_client()
+        client.configuration.api_key = {"authorization": f"Bearer {TOKEN}"}
+        client.configuration.api_key_prefix = {}
+        reviews = kubernetes.client.AuthorizationV1Api(client)
+
+        def may(verb: str, name: str, namespace: str = "default") -> bool:
+            review = reviews.create_subject_access_review(
+                {
+                    "apiVersion": "authorization.k8s.io/v1",
+                    "kind": "SubjectAccessReview",
+                    "spec": {
+                        "user": "system:serviceaccount:default:ml",
+                        "groups": ["system:serviceaccounts", "system:authenticated"],
+                        "resourceAttributes": {
+                            "verb": verb,
+                            "group": "servegate.io",
+                            "resource": "servingendpoints",
+                            "name": name,
+                            "namespace": namespace,
+                        },
+                    },
+                }
+            )
+            return bool(review.status.allowed)
+
+        for verb in ("create", "update", "delete", "query"):
+            assert may(verb, "assistant"), verb
+        assert not may("create", "assistant", "team-a")
+        assert not may("get", "assistant")  # kubectl's own reads are not granted
 
 
 # ------------------------------------------------------------------------------- deploy/

@@ -1,7 +1,8 @@
 """The operator, driven by kopf's real machinery, against the in-memory Kubernetes API:
 apply, update, a Secret deleted and restored, two endpoints sharing one gateway, deletion
 with garbage collection, Events, and RBAC that matches exactly what the code calls (with
-the gateways' Kubernetes auth on, as deployed, and off)."""
+the gateways' Kubernetes auth on, as deployed, on with the Kubernetes control plane, and
+off)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tests.k8s.emulator import EmulatedCluster
 NS = "team-a"
 SEP = "servegate.io/v1alpha1/servingendpoints"
 CLUSTER_ROLE_BINDINGS = "rbac.authorization.k8s.io/v1/clusterrolebindings"
+ROLE_BINDINGS = "rbac.authorization.k8s.io/v1/rolebindings"
 CANARY = "sk-OPERATOR-PLAINTEXT-CANARY"
 
 
@@ -292,19 +294,27 @@ def expanded(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
-@pytest.mark.parametrize("auth", ["kubernetes", "file"])
-def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster, auth: str) -> None:
+# The chart values of each mode the RBAC test runs (None: deploy/, the chart's defaults).
+RBAC_MODES: dict[str, dict[str, Any] | None] = {
+    "kubernetes": None,
+    "control-plane": {"gateway": {"controlPlane": True}},
+    "file": {"gateway": {"auth": "file"}},
+}
+
+
+@pytest.mark.parametrize("mode", RBAC_MODES)
+def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster, mode: str) -> None:
     """Run the operator as deployed (every namespace, with peering; gateway.auth
-    kubernetes as deploy/ has it, or file as the chart renders it), exercise every code
-    path that talks to the API, and compare the calls with its ClusterRole."""
+    kubernetes as deploy/ has it, with gateway.controlPlane, or file as the chart renders
+    it), exercise every code path that talks to the API, and compare the calls with its
+    ClusterRole."""
     k8s = cluster
-    documents = (
-        deployed_documents()
-        if auth == "kubernetes"
-        else deployed_documents({"gateway": {"auth": "file"}})
-    )
+    documents = deployed_documents(RBAC_MODES[mode])
     settings = deployed_settings(documents)
+    auth = "file" if mode == "file" else "kubernetes"
+    control_plane = mode == "control-plane"
     assert settings.gateway.auth_mode == auth
+    assert settings.gateway.control_plane == ("kubernetes" if control_plane else None)
     k8s.create(
         {
             "apiVersion": "kopf.dev/v1",
@@ -315,6 +325,7 @@ def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster, a
     kube = Kube(k8s.api_client())
     RUNTIME.use(kube, settings)
     binding = f"servegate-gateway-reviews-{NS}"
+    role_binding = "servegate-gateway-control-plane"
     args = ["run", "-A", "--peering", "servegate", "-m", "servegate_operator.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         k8s.create(secret("openai", {"api_key": "sk-x"}))
@@ -343,36 +354,56 @@ def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster, a
             reconcile.apply_gateway(kube, NS, dataclasses.replace(settings, gateway=gateway))
         if auth == "kubernetes":
             assert k8s.get(CLUSTER_ROLE_BINDINGS, None, binding) is not None
+        assert (k8s.get(ROLE_BINDINGS, NS, role_binding) is not None) == control_plane
         # The last endpoint goes: with Kubernetes auth, its binding goes too.
         delete(k8s, SEP, "emb")
         wait_for("emb deleted", lambda: k8s.get(SEP, NS, "emb") is None)
         assert k8s.get(CLUSTER_ROLE_BINDINGS, None, binding) is None
+        assert k8s.get(ROLE_BINDINGS, NS, role_binding) is None  # garbage-collected
     assert runner.exit_code == 0, runner.output
     called = set(kube.calls) | k8s.rbac_calls(user_agent="kopf")
     role = named(documents, "ClusterRole", "servegate-operator")
     assert role is not None
     granted = expanded(role["rules"])
     # `bind` is no call: Kubernetes checks it when the operator writes a binding to the
-    # reviewer ClusterRole (it does not hold that role's permissions itself).
-    implied = (
-        {(RBAC_GROUP, "clusterroles", "bind")}
-        if (RBAC_GROUP, "clusterrolebindings", "create") in called
-        else set()
-    )
+    # reviewer or control-plane ClusterRole (it does not hold their permissions itself).
+    writes_bindings = {
+        (RBAC_GROUP, "clusterrolebindings", "create"),
+        (RBAC_GROUP, "rolebindings", "create"),
+    }
+    implied = {(RBAC_GROUP, "clusterroles", "bind")} if called & writes_bindings else set()
     # Without Kubernetes auth, the start-up sweep of review bindings still tries to list
     # them (to clean up after a switch from kubernetes), expecting a 403 under this role.
     best_effort = {(RBAC_GROUP, "clusterrolebindings", "list")} if auth == "file" else set()
     assert best_effort <= called
     assert (called - best_effort) | implied == granted
     reviewer = named(documents, "ClusterRole", settings.gateway.reviewer_cluster_role)
+    writer = named(documents, "ClusterRole", settings.gateway.control_plane_cluster_role)
+    # The operator may bind the chart's gateway roles, each by name, and nothing else.
+    bindable = {
+        name
+        for rule in role["rules"]
+        if "bind" in rule["verbs"]
+        for name in rule.get("resourceNames", ["<every role>"])
+    }
     if auth == "kubernetes":
-        (bind,) = [r for r in role["rules"] if "bind" in r["verbs"]]
-        assert bind["resourceNames"] == [settings.gateway.reviewer_cluster_role]
         assert reviewer is not None
         assert expanded(reviewer["rules"]) == {
             ("authentication.k8s.io", "tokenreviews", "create"),
             ("authorization.k8s.io", "subjectaccessreviews", "create"),
         }
+        assert bindable == {settings.gateway.reviewer_cluster_role} | (
+            {settings.gateway.control_plane_cluster_role} if control_plane else set()
+        )
     else:
         assert reviewer is None
         assert not [t for t in granted if t[0] == RBAC_GROUP or t[1] == "serviceaccounts"]
+    if control_plane:
+        assert writer is not None
+        (patch,) = [
+            r for r in role["rules"] if r["resources"] == ["rolebindings"] and "patch" in r["verbs"]
+        ]
+        assert patch["resourceNames"] == [role_binding]
+    else:
+        assert writer is None
+        assert not [t for t in granted if t[1] == "rolebindings"]

@@ -2,23 +2,29 @@
 ``servegate serve`` agree. A stand-in kubelet (kubelet.py) mounts the rendered ConfigMaps and
 Secrets, starts the container's own command, and requests go through it to a simulator.
 With Kubernetes auth (the chart's default), the pod authenticates its callers against the
-emulated API server with its ServiceAccount, as bound by the operator to deploy/'s role."""
+emulated API server with its ServiceAccount, as bound by the operator to deploy/'s role.
+With ``gateway.controlPlane``, mlflow's ``create_endpoint`` through the pod writes a
+ServingEndpoint, with what the operator's RoleBinding to the chart's role allows."""
 
 from __future__ import annotations
 
 import base64
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kubernetes.client
 import pytest
+import requests
 import yaml
 
 from servegate.spec import ServingEndpointSpec
 from servegate_operator import reconcile
 from servegate_operator.kube import CLUSTER_ROLE_BINDINGS as CRBS
-from servegate_operator.kube import Kube
+from servegate_operator.kube import ROLE_BINDINGS, Kube
+from servegate_operator.naming import CONTROL_PLANE_BINDING_NAME
 from servegate_operator.render.config import render_endpoint
 from servegate_operator.render.gateway import render_deployment
 from servegate_operator.settings import GatewayDefaults
@@ -31,7 +37,7 @@ from tests.conftest import (
     start_site,
     wait_for_generation,
 )
-from tests.k8s.emulator import EmulatedCluster
+from tests.k8s.emulator import TOKEN, EmulatedCluster
 from tests.k8s.reviews import ReviewAuthority, service_account
 from tests.operator.kubelet import Pod
 from tests.operator.test_operator import (
@@ -218,3 +224,138 @@ def test_rendered_gateway_pod_authenticates_kubernetes_identities(
     finally:
         gateway.stop()
     assert KEY not in gateway.logs() and web not in gateway.logs()
+
+
+def may(cluster: EmulatedCluster, user: str, verb: str, group: str, resource: str) -> bool:
+    """Would the API server let ``user`` do this, in NS (cluster-wide for the reviews)?"""
+    client = cluster.api_client()
+    client.configuration.api_key = {"authorization": f"Bearer {TOKEN}"}  # as the admin
+    client.configuration.api_key_prefix = {}
+    namespaced = group not in ("authentication.k8s.io", "authorization.k8s.io")
+    review = kubernetes.client.AuthorizationV1Api(client).create_subject_access_review(
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": user,
+                "groups": ["system:serviceaccounts", "system:authenticated"],
+                "resourceAttributes": {
+                    "verb": verb,
+                    "group": group,
+                    "resource": resource,
+                    **({"namespace": NS} if namespaced else {}),
+                },
+            },
+        }
+    )
+    return bool(review.status.allowed)
+
+
+def test_mlflow_creates_an_endpoint_through_the_rendered_gateway_pod(
+    cluster: EmulatedCluster, tmp_path: Path, sim: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart with gateway.controlPlane (its two gateway ClusterRoles installed), one
+    reconcile of a first endpoint (the gateway exists once its namespace has one), and that
+    pod run with its ServiceAccount's token: a team's ServiceAccount with ``create``
+    creates a second endpoint with mlflow's deploy client, as the chart's README shows.
+    Every API call the gateway made is one its bindings allow, and without the operator's
+    RoleBinding it would not be."""
+    authority = ReviewAuthority(cluster)
+    documents = deployed_documents({"gateway": {"controlPlane": True}})
+    settings = deployed_settings(documents)
+    gateway_settings = settings.gateway
+    for role_name in (
+        gateway_settings.reviewer_cluster_role,
+        gateway_settings.control_plane_cluster_role,
+    ):
+        role = named(documents, "ClusterRole", role_name)
+        assert role is not None
+        cluster.create(role)
+    keys = secret("team-keys", {"openai": KEY})
+    cluster.create({**keys, "metadata": {"name": "team-keys", "namespace": NS}})
+    cluster.create(
+        {
+            "apiVersion": "servegate.io/v1alpha1",
+            "kind": "ServingEndpoint",
+            "metadata": {"name": "chat", "namespace": NS},
+            "spec": spec_document(sim, {"openai_api_key": "{{secrets/team_keys/openai}}"}),
+        }
+    )
+    kube = Kube(cluster.api_client())
+    chat = cluster.get(SEP, NS, "chat")
+    assert chat is not None
+    reconcile.reconcile(kube, chat, settings, "2026-11-22T00:00:00Z")
+    deployment = cluster.get("apps/v1/deployments", NS, "servegate-gateway")
+    config_map = cluster.get("v1/configmaps", NS, "servegate-ep-chat")
+    assert deployment is not None and config_map is not None
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    gateway_user = f"system:serviceaccount:{NS}:{account}"
+    assert cluster.get("rbac.authorization.k8s.io/v1/rolebindings", NS, CONTROL_PLANE_BINDING_NAME)
+
+    pod_token = authority.issue(service_account(NS, account, pod="servegate-gateway-7d9f-x2x"))
+    kubeconfig = cluster.kubeconfig_dict(NS)
+    kubeconfig["users"][0]["user"]["token"] = pod_token
+    (tmp_path / "sa-kubeconfig.yaml").write_text(yaml.safe_dump(kubeconfig))
+    objects = {("ConfigMap", "servegate-ep-chat"): config_map, ("Secret", "team-keys"): keys}
+    pod = Pod(deployment, objects, tmp_path / "pod")
+    assert pod.args[pod.args.index("--control-plane") + 1] == "kubernetes"
+    env = {**pod.env, "KUBECONFIG": str(tmp_path / "sa-kubeconfig.yaml")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    since = cluster.request_count()
+    gateway = GatewayProcess(pod.args, tmp_path / "pod.log", env=env, port_zero=False)
+    try:
+        # A team's grant to manage endpoints (the chart's README), and its caller's token.
+        authority.grant(
+            "manage-endpoints",
+            [{"kind": "ServiceAccount", "name": "ml", "namespace": NS}],
+            verbs=["create", "update", "delete", "query"],
+            namespace=NS,
+        )
+        token = authority.issue(service_account(NS, "ml", audiences=["servegate"]))
+        monkeypatch.setenv("DATABRICKS_HOST", gateway.url)
+        monkeypatch.setenv("DATABRICKS_TOKEN", token)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_DATABRICKS_ENDPOINT_HTTP_RETRY_TIMEOUT", "5")
+        from mlflow.deployments import get_deploy_client
+
+        client = get_deploy_client("databricks")  # type: ignore[no-untyped-call]
+        config = spec_document(sim, {"openai_api_key_plaintext": PLAIN})["config"]
+        with warnings.catch_warnings():  # mlflow: the name=/config= form is deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            created = client.create_endpoint(name="assistant", config=config)
+        assert created["name"] == "assistant"
+
+        # A ServingEndpoint the operator serves, its key in a Secret it owns.
+        resource = cluster.get(SEP, NS, "assistant")
+        assert resource is not None
+        assert PLAIN not in yaml.safe_dump(resource)
+        credentials = cluster.get("v1/secrets", NS, "assistant-credentials")
+        assert credentials is not None
+        (owner,) = credentials["metadata"]["ownerReferences"]
+        assert owner["uid"] == resource["metadata"]["uid"]
+        reconcile.reconcile(kube, resource, settings, "2026-11-22T00:00:01Z")
+        assert cluster.get("v1/configmaps", NS, "servegate-ep-assistant") is not None
+
+        # A caller without the grant: refused, nothing written.
+        monkeypatch.setenv(
+            "DATABRICKS_TOKEN",
+            authority.issue(service_account(NS, "batch", audiences=["servegate"])),
+        )
+        refused = get_deploy_client("databricks")  # type: ignore[no-untyped-call]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            with pytest.raises(requests.HTTPError, match="PERMISSION_DENIED"):
+                refused.create_endpoint(name="other", config=config)
+        assert cluster.get(SEP, NS, "other") is None
+    finally:
+        gateway.stop()
+    # Every call the gateway made (its User-Agent) is allowed by its two bindings...
+    calls = cluster.rbac_calls(user_agent="servegate/", since=since)
+    assert {("servegate.io", "servingendpoints", "create"), ("", "secrets", "create")} <= calls
+    for group, resource_name, verb in sorted(calls):
+        assert may(cluster, gateway_user, verb, group, resource_name), (group, resource_name, verb)
+    # ... and the writes only by the operator's RoleBinding.
+    kube.delete(ROLE_BINDINGS, NS, CONTROL_PLANE_BINDING_NAME)
+    assert not may(cluster, gateway_user, "create", "servegate.io", "servingendpoints")
+    assert not may(cluster, gateway_user, "get", "", "secrets")
+    assert PLAIN not in gateway.logs() and token not in gateway.logs()

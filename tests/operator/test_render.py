@@ -10,10 +10,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from servegate import cli as gateway_cli
 from servegate.spec import ServingEndpointManifest, load_manifests
 from servegate_operator.naming import review_binding_name, secret_name_for_scope
 from servegate_operator.render.config import render_endpoint
 from servegate_operator.render.gateway import (
+    render_control_plane_binding,
     render_deployment,
     render_hpa,
     render_pdb,
@@ -190,7 +192,8 @@ def test_deployment_mounts_only_the_referenced_keys() -> None:
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["lifecycle"]["preStop"]
+    assert "lifecycle" not in container  # the gateway drains itself on SIGTERM
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 40
     assert CANARY not in yaml.safe_dump(deployment)
 
 
@@ -284,6 +287,64 @@ def test_kubernetes_auth_runs_the_gateway_as_its_own_service_account() -> None:
     assert {"kubernetes", "--auth-file"} <= set(args)
 
 
+def test_the_kubernetes_control_plane_adds_its_flag_and_a_namespaced_binding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    chat = render_endpoint("chat", "team-a", example("chat").spec)
+    gateway = GatewayDefaults(
+        auth_mode="kubernetes",
+        control_plane="kubernetes",
+        control_plane_cluster_role="rel-gateway-control-plane",
+    )
+    deployment = render_deployment("team-a", [chat], gateway)
+    validate(deployment)
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    auth = args.index("--auth")
+    assert args[auth:] == [
+        "--auth",
+        "kubernetes",
+        "--auth-audience",
+        "servegate",
+        "--control-plane",
+        "kubernetes",
+    ]
+    # The gateway's own CLI takes them (its namespace: the pod's, from the token mount).
+    for name in ("SERVEGATE_CONTROL_PLANE", "SERVEGATE_AUTH", "SERVEGATE_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    parsed = gateway_cli.build_parser().parse_args(args)
+    assert (parsed.auth, parsed.control_plane, parsed.state_dir) == (
+        "kubernetes",
+        "kubernetes",
+        None,
+    )
+
+    binding = render_control_plane_binding("team-a", gateway)
+    assert binding is not None
+    validate(binding)
+    assert binding["kind"] == "RoleBinding"  # namespaced: the grant stops at team-a
+    assert binding["metadata"]["name"] == "servegate-gateway-control-plane"
+    assert binding["metadata"]["namespace"] == "team-a"
+    assert binding["metadata"]["labels"] == deployment["metadata"]["labels"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "rel-gateway-control-plane",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "team-a"}
+    ]
+    # Off (the default), or without Kubernetes auth: neither.
+    for off in (GatewayDefaults(auth_mode="kubernetes"), GatewayDefaults()):
+        off_args = render_deployment("team-a", [chat], off)["spec"]["template"]["spec"][
+            "containers"
+        ][0]["args"]
+        assert "--control-plane" not in off_args
+        assert render_control_plane_binding("team-a", off) is None
+    with pytest.raises(ValueError, match="needs auth_mode 'kubernetes'"):
+        GatewayDefaults(control_plane="kubernetes")
+
+
 def test_file_auth_renders_no_identity() -> None:
     gateway = GatewayDefaults()
     assert gateway.auth_mode == "file"  # the library default; the chart renders kubernetes
@@ -331,6 +392,33 @@ def test_settings_from_env() -> None:
         settings_from_env({"SERVEGATE_GATEWAY_RESOURCES": "{nope"})
     with pytest.raises(ValueError, match="SERVEGATE_GATEWAY_AUTH must be one of file, kubernetes"):
         settings_from_env({"SERVEGATE_GATEWAY_AUTH": "Kubernetes"})
+
+
+def test_control_plane_settings_from_env() -> None:
+    on = settings_from_env(
+        {
+            "SERVEGATE_GATEWAY_AUTH": "kubernetes",
+            "SERVEGATE_GATEWAY_CONTROL_PLANE": "kubernetes",
+            "SERVEGATE_GATEWAY_CONTROL_PLANE_CLUSTER_ROLE": "rel-gateway-control-plane",
+        }
+    ).gateway
+    assert (on.control_plane, on.control_plane_cluster_role) == (
+        "kubernetes",
+        "rel-gateway-control-plane",
+    )
+    off = settings_from_env({"SERVEGATE_GATEWAY_AUTH": "kubernetes"}).gateway
+    assert (off.control_plane, off.control_plane_cluster_role) == (
+        None,
+        "servegate-gateway-control-plane",
+    )
+    assert settings_from_env({"SERVEGATE_GATEWAY_CONTROL_PLANE": ""}).gateway.control_plane is None
+    # A typo must not silently turn it off, nor the gateway be rendered to crash at start.
+    with pytest.raises(ValueError, match="SERVEGATE_GATEWAY_CONTROL_PLANE must be empty or one"):
+        settings_from_env(
+            {"SERVEGATE_GATEWAY_AUTH": "kubernetes", "SERVEGATE_GATEWAY_CONTROL_PLANE": "true"}
+        )
+    with pytest.raises(ValueError, match="needs SERVEGATE_GATEWAY_AUTH=kubernetes"):
+        settings_from_env({"SERVEGATE_GATEWAY_CONTROL_PLANE": "kubernetes"})
 
 
 def test_deploy_manifests_are_valid_kubernetes_objects() -> None:

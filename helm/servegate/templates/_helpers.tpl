@@ -122,6 +122,23 @@ The ClusterRole every gateway's ServiceAccount is bound to with `gateway.auth: k
 {{- end }}
 
 {{/*
+gateway.controlPlane: the ClusterRole each gateway's ServiceAccount is bound to, in its
+own namespace, by the operator's RoleBinding (the writes of `--control-plane kubernetes`).
+Not truncated, like the reviewer role's name.
+*/}}
+{{- define "servegate.controlPlaneRoleName" -}}
+{{- printf "%s-gateway-control-plane" (include "servegate.fullname" .) }}
+{{- end }}
+
+{{/*
+The name of that RoleBinding in each gateway namespace
+(servegate_operator.naming.CONTROL_PLANE_BINDING_NAME).
+*/}}
+{{- define "servegate.controlPlaneBindingName" -}}
+servegate-gateway-control-plane
+{{- end }}
+
+{{/*
 The name the operator gives the ClusterRoleBinding of namespace NS's gateway
 (servegate_operator.naming.review_binding_name; a namespace name is at most 63
 characters, so the name is never shortened). Called with (list $ NS).
@@ -163,6 +180,9 @@ the reason. Included once, from the operator's Deployment.
 {{- end }}
 {{- if and (ge (int $gateway.replicas) 2) (ge (int $gateway.pdb.minAvailable) (int $gateway.replicas)) }}
 {{- fail (printf "gateway.pdb.minAvailable (%d) must be lower than gateway.replicas (%d), or the gateway's PodDisruptionBudget blocks every node drain" (int $gateway.pdb.minAvailable) (int $gateway.replicas)) }}
+{{- end }}
+{{- if and $gateway.controlPlane (ne $gateway.auth "kubernetes") }}
+{{- fail (printf "gateway.controlPlane needs gateway.auth kubernetes (it is %q): the gateway authorizes each REST API write with a SubjectAccessReview of the caller and writes through the API server with its ServiceAccount" $gateway.auth) }}
 {{- end }}
 {{- if and .Values.networkPolicy.enabled (not .Values.watchNamespaces) (not .Values.networkPolicy.gateway.namespaces) }}
 {{- fail "networkPolicy.enabled in cluster-wide mode (watchNamespaces empty): list the namespaces whose gateway to protect in networkPolicy.gateway.namespaces (NetworkPolicies are namespaced)" }}
@@ -209,6 +229,22 @@ cluster-wide ClusterRole and in each watched namespace's Role.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [create, patch]
+{{- end }}
+{{- if .Values.gateway.controlPlane }}
+# gateway.controlPlane: the gateway's RoleBinding to the control-plane ClusterRole, owned
+# like the rest (RBAC cannot restrict create by name; patch only that binding).
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [create]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [patch]
+  resourceNames: [{{ include "servegate.controlPlaneBindingName" . }}]
+# Binding a role needs its permissions or `bind` on it: `bind` on that one role only.
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [clusterroles]
+  verbs: [bind]
+  resourceNames: [{{ include "servegate.controlPlaneRoleName" . }}]
 {{- end }}
 {{- end }}
 

@@ -1,11 +1,14 @@
 """A namespace's endpoints → its one shared gateway: Deployment, Service, PDB and HPA, and
-with Kubernetes auth its ServiceAccount and the ClusterRoleBinding for its reviews.
+with Kubernetes auth its ServiceAccount and the ClusterRoleBinding for its reviews (plus,
+with the Kubernetes control plane, the RoleBinding its REST API writes with).
 
 The pod's shape depends only on *which* endpoints and secret keys exist, never on their
 content: config and secret content changes reach the running gateway through its file
 watcher (kubelet refreshes projected volumes), while a new endpoint or a new referenced
 Secret key changes the volume sources and so rolls the Deployment out, one pod at a time
-(``maxUnavailable: 0``; readiness gates traffic; ``preStop`` lets endpoints drain).
+(``maxUnavailable: 0``; readiness gates traffic; on SIGTERM the gateway itself fails
+readiness, waits ``--drain-delay`` (5 s in a pod) for endpoints to drain, then lets
+requests in flight finish within its grace period, inside the pod's 40 s).
 
 Secret sources are ``optional``: a missing Secret must not stop the pod (and every other
 endpoint in the namespace) from starting; the gateway marks just the endpoint that needs
@@ -21,6 +24,7 @@ from typing import Any
 from servegate.spec.secrets import SecretRef
 from servegate_operator.naming import (
     AUTH_MOUNT,
+    CONTROL_PLANE_BINDING_NAME,
     ENDPOINTS_MOUNT,
     GATEWAY_NAME,
     GATEWAY_PORT,
@@ -95,6 +99,9 @@ def render_deployment(
     if kubernetes_auth:
         # The SubjectAccessReview namespace is the pod's own (its ServiceAccount's).
         args += ["--auth", "kubernetes", "--auth-audience", gateway.auth_audience]
+        if gateway.control_plane is not None:
+            # The REST API writes ServingEndpoints in the pod's namespace (its RoleBinding).
+            args += ["--control-plane", gateway.control_plane]
     if gateway.auth_secret:
         args += ["--auth-file", f"{AUTH_MOUNT}/auth.yaml"]
         mounts.append({"name": "auth", "mountPath": AUTH_MOUNT, "readOnly": True})
@@ -125,7 +132,6 @@ def render_deployment(
             "failureThreshold": 3,
         },
         "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 30},
-        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
         "resources": dict(gateway.resources),
         "volumeMounts": mounts,
         "securityContext": {
@@ -156,7 +162,8 @@ def render_deployment(
                     "annotations": dict(gateway.pod_annotations),
                 },
                 "spec": {
-                    # The gateway talks to the API server only for reviews (--auth kubernetes).
+                    # The gateway talks to the API server only for reviews (--auth kubernetes)
+                    # and its REST API's writes (--control-plane kubernetes).
                     **(
                         {
                             "serviceAccountName": GATEWAY_NAME,
@@ -217,6 +224,33 @@ def render_review_binding(namespace: str, gateway: GatewayDefaults) -> dict[str,
             "apiGroup": "rbac.authorization.k8s.io",
             "kind": "ClusterRole",
             "name": gateway.reviewer_cluster_role,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": namespace}],
+    }
+
+
+def render_control_plane_binding(namespace: str, gateway: GatewayDefaults) -> dict[str, Any] | None:
+    """Lets the namespace's gateway write what its REST API creates (``--control-plane
+    kubernetes``): ServingEndpoints and their Secrets, in this namespace only.
+
+    A RoleBinding (namespaced, so owned by the namespace's endpoints like the rest of the
+    gateway, and garbage-collected with the last one) to the chart's ClusterRole
+    (``gateway.control_plane_cluster_role``), the only other role the operator may bind.
+    """
+    if gateway.control_plane is None:
+        return None
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {
+            "name": CONTROL_PLANE_BINDING_NAME,
+            "namespace": namespace,
+            "labels": labels("gateway"),
+        },
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": gateway.control_plane_cluster_role,
         },
         "subjects": [{"kind": "ServiceAccount", "name": GATEWAY_NAME, "namespace": namespace}],
     }

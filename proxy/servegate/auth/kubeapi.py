@@ -262,6 +262,49 @@ class KubernetesApi:
             self._failing = False
         return answer
 
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | list[Any] | None = None,
+        *,
+        content_type: str = "application/json",
+    ) -> ApiAnswer:
+        """Any call with the gateway's own credentials (the control plane's reads and
+        writes of ServingEndpoints and their Secrets), and its answer whatever the status.
+
+        Raises :class:`ApiUnavailable` only when there is no answer (unreachable, timed
+        out, credentials unreadable); an HTTP error is the caller's to interpret. Bodies may
+        hold Secret values: nothing here logs them or puts them in an exception.
+        """
+        try:
+            authorization = await asyncio.to_thread(self.server.authorization)
+        except Exception as exc:
+            raise ApiUnavailable(f"the gateway's own credentials cannot be read: {exc}") from None
+        headers = {"Content-Type": content_type}
+        if authorization:
+            headers["Authorization"] = authorization
+        try:
+            async with self._client().request(
+                method,
+                self.server.url + path,
+                data=orjson.dumps(body) if body is not None else None,
+                headers=headers,
+                server_hostname=self.server.server_hostname,
+            ) as response:
+                payload = await response.read()
+                status = response.status
+        except TimeoutError:
+            raise ApiUnavailable("the API server did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ApiUnavailable(f"cannot reach the API server: {reason}") from None
+        try:
+            answer = orjson.loads(payload) if payload else None
+        except orjson.JSONDecodeError:
+            answer = None
+        return ApiAnswer(status, answer if isinstance(answer, dict) else None)
+
     def _failed(self, reason: str, what: str, *, refused: bool = False) -> ApiUnavailable:
         """Log the first failure of a streak as a warning (not one line per request
         during an outage), later ones at debug level."""
@@ -274,6 +317,24 @@ class KubernetesApi:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiAnswer:
+    """An API server's answer: the HTTP status and its JSON object (the object, or a
+    ``Status`` on failure), or None when the body was empty or not a JSON object."""
+
+    status: int
+    body: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def message(self) -> str:
+        """A failure's ``Status.message``, never anything else of the body."""
+        return _status_message(self.body)
 
 
 def _status_message(answer: Any) -> str:

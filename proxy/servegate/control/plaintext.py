@@ -33,7 +33,12 @@ class Extracted:
 
     def referenced_keys(self) -> set[str]:
         """Every key of ``scope`` the spec refers to (new or kept from before)."""
-        return {ref.key for ref in _refs(self.spec) if ref.scope == self.scope}
+        return referenced_keys(self.spec, self.scope)
+
+
+def referenced_keys(spec: dict[str, Any], scope: str) -> set[str]:
+    """Every key of ``scope`` that ``spec`` refers to."""
+    return {ref.key for ref in _refs(spec) if ref.scope == scope}
 
 
 def extract(endpoint: str, spec: dict[str, Any]) -> Extracted:

@@ -11,12 +11,13 @@ import orjson
 from aiohttp import web
 
 from servegate import keys
-from servegate.config import EndpointRuntime, InvalidEndpoint, spec_digest
+from servegate.config import EndpointRuntime, InvalidEndpoint
+from servegate.ingress import control
 from servegate.ingress.body import read_json
 from servegate.ingress.middleware import permission_level
 from servegate.ingress.openapi import openapi_json
 from servegate.pipeline import answer_query, find_endpoint
-from servegate.spec import ServingEndpointSpec, redacted_dump
+from servegate.spec import redacted_dump
 
 CREATOR = "servegate"
 _ID_NAMESPACE = uuid.UUID("6f1c9e2a-5d0b-4d7e-9a51-3f0e8c2b7a10")
@@ -45,7 +46,7 @@ async def list_endpoints(request: web.Request) -> web.Response:
 async def get_endpoint(request: web.Request) -> web.Response:
     config = request.app[keys.config_holder].current
     name = request.match_info["name"]
-    pending = pending_object(request.app, name)  # an API write not loaded here yet
+    pending = await control.pending_object(request.app, name)  # a write not served here yet
     if pending is not None:
         pending["permission_level"] = await permission_level(request, name)
         return _json(pending)
@@ -131,53 +132,6 @@ def endpoint_object(endpoint: EndpointRuntime, *, detailed: bool) -> dict[str, A
         obj["permission_level"] = "CAN_QUERY"
         obj["route_optimized"] = False
     return obj
-
-
-def pending_object(app: web.Application, name: str) -> dict[str, Any] | None:
-    """GET's view of an API-created endpoint this worker has not loaded yet (or not in its
-    newest version): IN_PROGRESS with its ``pending_config``. None when up to date."""
-    state = app.get(keys.state_dir)
-    if state is None or not state.manages(name):
-        return None
-    stored = state.read(name)
-    if stored is None:
-        return None
-    served = app[keys.config_holder].current.endpoints.get(name)
-    pending = pending_config(stored, served, state.changed_ms(name))
-    if pending is None:
-        return None
-    if served is not None:
-        obj = endpoint_object(served, detailed=True)
-    else:
-        obj = {
-            "name": name,
-            "creator": "servegate",
-            "state": {"ready": "NOT_READY"},
-            "config": {"served_entities": []},
-            "tags": stored.get("tags", []),
-        }
-    obj["state"]["config_update"] = "IN_PROGRESS"
-    obj["pending_config"] = pending
-    return obj
-
-
-def pending_config(
-    stored: dict[str, Any], served: EndpointRuntime | None, started_ms: int
-) -> dict[str, Any] | None:
-    """The stored config when this worker does not serve it yet; None when it does."""
-    try:
-        spec = ServingEndpointSpec.model_validate(stored)
-    except ValueError:
-        return None  # an invalid file shows as UPDATE_FAILED through the normal load
-    if served is not None and served.spec_digest == spec_digest(spec):
-        return None
-    config = redacted_dump(spec).get("config", {})
-    return {
-        "served_entities": config.get("served_entities", []),
-        "traffic_config": config.get("traffic_config", {"routes": []}),
-        "config_version": (served.config_version + 1) if served else 1,
-        "start_time": started_ms,
-    }
 
 
 def invalid_object(endpoint: InvalidEndpoint) -> dict[str, Any]:

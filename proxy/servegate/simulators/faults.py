@@ -17,6 +17,14 @@ control API under ``/_sim/`` (never part of any provider's real surface):
     ``{"method", "path", "query", "headers", "json", "form"}``. Header names are
     lower-cased (HTTP/2 style) so lookups do not depend on the client's casing;
     ``json`` is the parsed body or null, ``form`` the url-encoded form or null.
+``GET /_sim/streams`` / ``DELETE /_sim/streams``
+    Every streamed answer, oldest first, as ``{"path", "model", "events", "sent",
+    "bytes", "state"}``: how many events it has and how many (and bytes) were written so
+    far, and ``state``: ``streaming``, ``done``, ``cut`` (a ``stream_cut_after`` fault) or
+    ``client_gone`` (the client closed the connection first). A write blocks while the
+    client does not read (TCP backpressure), so ``sent`` shows how far a slow client let
+    the stream get. A client that goes away is noticed at the next write, or at once when
+    the app is served with ``handler_cancellation=True`` (as a real provider would).
 
 State lives on the app under a typed :class:`aiohttp.web.AppKey`, never in globals,
 so any number of simulators can run in one process.
@@ -41,6 +49,7 @@ __all__ = [
     "FaultSpecError",
     "RecordedRequest",
     "SimulatorControl",
+    "StreamRecord",
     "control_of",
     "install_control",
     "parse_fault",
@@ -80,6 +89,8 @@ class Fault:
       ``data:`` line that is not JSON right after its first event.
     * ``gate`` / ``gate_after``: a stream sends ``gate_after`` events, then waits for
       the gate to open; a JSON answer waits before its headers.
+    * ``chunk_delay_ms``: a stream waits this long before each event after the first
+      (a model generating slowly), so streams stay in flight for a while.
     """
 
     id: str
@@ -92,6 +103,7 @@ class Fault:
     malformed: bool = False
     gate: str | None = None
     gate_after: int = 0
+    chunk_delay_ms: float = 0.0
     times: int | None = None
 
     @property
@@ -110,6 +122,7 @@ class Fault:
             "malformed": self.malformed,
             "gate": self.gate,
             "gate_after": self.gate_after,
+            "chunk_delay_ms": self.chunk_delay_ms,
             "times": self.times,
         }
 
@@ -133,6 +146,13 @@ def _str_field(spec: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
+def _ms_field(spec: Mapping[str, Any], key: str) -> float:
+    value = spec.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise FaultSpecError(f"'{key}' must be a number >= 0")
+    return float(value)
+
+
 def parse_fault(spec: object, fault_id: str) -> Fault:
     """Validate a fault spec (a decoded JSON object); unknown keys are rejected so a
     typo never silently turns into "no fault"."""
@@ -149,9 +169,8 @@ def parse_fault(spec: object, fault_id: str) -> Fault:
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
         raise FaultSpecError("'headers' must be an object of string values")
-    latency = spec.get("latency_ms", 0)
-    if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
-        raise FaultSpecError("'latency_ms' must be a number >= 0")
+    latency = _ms_field(spec, "latency_ms")
+    chunk_delay = _ms_field(spec, "chunk_delay_ms")
     malformed = spec.get("malformed", False)
     if not isinstance(malformed, bool):
         raise FaultSpecError("'malformed' must be a boolean")
@@ -165,11 +184,12 @@ def parse_fault(spec: object, fault_id: str) -> Fault:
         status=status,
         body=spec.get("body"),
         headers=dict(headers),
-        latency_ms=float(latency),
+        latency_ms=latency,
         stream_cut_after=_int_field(spec, "stream_cut_after", minimum=0),
         malformed=malformed,
         gate=gate,
         gate_after=gate_after or 0,
+        chunk_delay_ms=chunk_delay,
         times=_int_field(spec, "times", minimum=1),
     )
 
@@ -183,14 +203,24 @@ class RecordedRequest(TypedDict):
     form: dict[str, str] | None
 
 
+class StreamRecord(TypedDict):
+    path: str
+    model: str | None
+    events: int
+    sent: int
+    bytes: int
+    state: str
+
+
 class SimulatorControl:
-    """Per-app fault queue, gates and request log."""
+    """Per-app fault queue, gates, request log and stream log."""
 
     def __init__(self, error_factory: ErrorFactory) -> None:
         self.error_factory = error_factory
         self._faults: list[Fault] = []
         self._gates: dict[str, asyncio.Event] = {}
         self._requests: list[RecordedRequest] = []
+        self._streams: list[StreamRecord] = []
         self._ids = itertools.count(1)
 
     def add_fault(self, spec: object) -> Fault:
@@ -239,6 +269,20 @@ class SimulatorControl:
 
     def clear_requests(self) -> None:
         self._requests.clear()
+
+    def stream_started(self, path: str, model: str | None, events: int) -> StreamRecord:
+        """A new entry in the stream log, for the sender to update as it goes."""
+        entry = StreamRecord(
+            path=path, model=model, events=events, sent=0, bytes=0, state="streaming"
+        )
+        self._streams.append(entry)
+        return entry
+
+    def streams(self) -> list[StreamRecord]:
+        return [StreamRecord(**entry) for entry in self._streams]
+
+    def clear_streams(self) -> None:
+        self._streams.clear()
 
 
 _CONTROL_KEY: Final = web.AppKey("servegate_simulator_control", SimulatorControl)
@@ -317,6 +361,15 @@ async def _delete_requests(request: web.Request) -> web.Response:
     return _json({"cleared": True})
 
 
+async def _get_streams(request: web.Request) -> web.Response:
+    return _json({"streams": control_of(request.app).streams()})
+
+
+async def _delete_streams(request: web.Request) -> web.Response:
+    control_of(request.app).clear_streams()
+    return _json({"cleared": True})
+
+
 async def _release_gates_on_shutdown(app: web.Application) -> None:
     # A stream parked on a gate would otherwise hold shutdown for its full timeout.
     control_of(app).release_all_gates()
@@ -337,5 +390,7 @@ def install_control(app: web.Application, *, error_factory: ErrorFactory) -> Sim
     app.router.add_post("/_sim/gates/{name}/open", _open_gate)
     app.router.add_get("/_sim/requests", _get_requests)
     app.router.add_delete("/_sim/requests", _delete_requests)
+    app.router.add_get("/_sim/streams", _get_streams)
+    app.router.add_delete("/_sim/streams", _delete_streams)
     app.on_shutdown.append(_release_gates_on_shutdown)
     return control

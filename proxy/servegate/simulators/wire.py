@@ -114,7 +114,7 @@ async def _send_json(
 
 
 async def _send_stream(
-    request: web.Request, reply: StreamReply, fault: Fault | None
+    request: web.Request, reply: StreamReply, fault: Fault | None, model: str | None
 ) -> web.StreamResponse:
     headers = {
         "Content-Type": reply.content_type,
@@ -124,31 +124,49 @@ async def _send_stream(
     }
     resp = web.StreamResponse(status=200, headers=headers)
     await resp.prepare(request)
-    gate = control_of(request.app).gate(fault.gate) if fault and fault.gate else None
+    control = control_of(request.app)
+    gate = control.gate(fault.gate) if fault and fault.gate else None
     cut_after = fault.stream_cut_after if fault else None
+    delay = fault.chunk_delay_ms / 1000 if fault else 0.0
     in_band = reply.in_band(fault)
+    frames = reply.encoded()
+    log = control.stream_started(request.path, model, len(frames))
+
+    async def write(data: bytes) -> None:
+        await resp.write(data)  # blocks while the client does not read
+        log["sent"] += 1
+        log["bytes"] += len(data)
+
     try:
-        for sent, frame in enumerate(reply.encoded()):
+        for sent, frame in enumerate(frames):
             if gate is not None and fault is not None and sent == fault.gate_after:
                 await gate.wait()
+            if delay and sent:
+                await asyncio.sleep(delay)
             if cut_after is not None and sent == cut_after:
+                log["state"] = "cut"
                 return _cut(request, resp)
             if in_band is not None and sent == reply.in_band_after:
-                await resp.write(in_band)
+                await write(in_band)
                 break
-            await resp.write(frame)
+            await write(frame)
             if sent == 0 and fault is not None and fault.malformed:
                 bad = reply.malformed
                 await resp.write(bad(frame) if callable(bad) else bad)
         if gate is not None:  # gate_after >= number of events: park before the end
             await gate.wait()
         if cut_after is not None:
+            log["state"] = "cut"
             return _cut(request, resp)
         if reply.terminator is not None and in_band is None:
             await resp.write(reply.terminator)
         await resp.write_eof()
+        log["state"] = "done"
     except ConnectionError:
-        pass  # the client went away mid-stream; nothing left to tell it
+        log["state"] = "client_gone"  # the client went away mid-stream; nothing to tell it
+    except asyncio.CancelledError:  # served with handler_cancellation: the client went away
+        log["state"] = "client_gone"
+        raise
     return resp
 
 
@@ -176,5 +194,5 @@ async def deliver(
     elif callable(reply):
         reply = reply()
     if isinstance(reply, StreamReply):
-        return await _send_stream(request, reply, fault)
+        return await _send_stream(request, reply, fault, model)
     return await _send_json(request, reply, fault)

@@ -10,14 +10,24 @@ status. After that, an error can only be reported in-band, and content already s
 sent again (so no fallback either): one final ``data:`` event in the OpenAI error-chunk
 shape, ``{"error": {"message", "type", "code"}}`` plus the platform's ``error_code`` and
 ``message`` (the OpenAI SDK raises on it; MLflow yields it), then ``data: [DONE]``.
+
+A client that goes away is noticed while the relay waits for the upstream too, not only at
+the next write: the app's ``ActiveStreams`` checks every relayed stream's client connection
+every 100 ms and closes the upstream response of one whose client has gone, so the provider
+sees its request cancelled at once (and stops generating tokens nobody reads). The same
+registry ends every stream still running when the shutdown's grace period is over, with the
+error event above (``TEMPORARILY_UNAVAILABLE``) and ``data: [DONE]``: the client learns the
+stream was cut rather than receiving a body that just stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 import orjson
@@ -48,6 +58,85 @@ class StreamOutcome:
     """``perf_counter`` when the first frame reached the client (time to first token)."""
 
 
+class ShuttingDown(GatewayError):
+    """The gateway's grace period ran out while this stream was still running."""
+
+    status = 503
+    error_code = "TEMPORARILY_UNAVAILABLE"
+
+
+_Ended = Literal["client", "shutdown"]
+
+
+class _Relayed:
+    __slots__ = ("ended", "request", "upstream")
+
+    def __init__(self, request: web.Request, upstream: aiohttp.ClientResponse) -> None:
+        self.request = request
+        self.upstream = upstream
+        self.ended: _Ended | None = None
+
+    def end(self, why: _Ended) -> None:
+        """Stop reading the upstream: closing the response closes its connection, which is
+        the cancellation a provider sees; the relay's pending read fails at once."""
+        if self.ended is None:
+            self.ended = why
+            self.upstream.close()
+
+    def client_gone(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+
+class ActiveStreams:
+    """The streams being relayed, for two things a relay cannot see from its own loop: a
+    client that disconnects while the relay waits for the upstream, and the end of the
+    shutdown's grace period. One task polls every relayed stream's client connection (aiohttp
+    has no disconnection callback without cancelling every handler); it runs only while
+    streams do."""
+
+    POLL_S = 0.1
+
+    def __init__(self) -> None:
+        self._streams: set[_Relayed] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def add(self, request: web.Request, upstream: aiohttp.ClientResponse) -> _Relayed:
+        relayed = _Relayed(request, upstream)
+        if self._closing:
+            relayed.end("shutdown")
+            return relayed
+        self._streams.add(relayed)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+        return relayed
+
+    def remove(self, relayed: _Relayed) -> None:
+        self._streams.discard(relayed)
+
+    def end_all(self) -> int:
+        """End every stream (and any that starts from now on) with the shutdown error."""
+        self._closing = True
+        running = list(self._streams)
+        for relayed in running:
+            relayed.end("shutdown")
+        return len(running)
+
+    async def _watch(self) -> None:
+        try:
+            while self._streams:
+                await asyncio.sleep(self.POLL_S)
+                for relayed in list(self._streams):
+                    if relayed.ended is None and relayed.client_gone():
+                        relayed.end("client")
+        finally:
+            self._task = None
+
+
+active_streams_key = web.AppKey("active_streams", ActiveStreams)
+
+
 def error_frame(error: GatewayError) -> bytes:
     body = {
         "error": {"message": error.message, "type": "gateway_error", "code": error.error_code},
@@ -73,6 +162,8 @@ async def relay_stream(
     response: web.StreamResponse | None = None
     status = 200
     first_frame_at: float | None = None
+    streams = request.app.get(active_streams_key)
+    relayed = streams.add(request, upstream) if streams is not None else None
     try:
         async for chunk in client.iter_body(upstream, provider):
             frames = translator.feed(chunk)
@@ -95,11 +186,24 @@ async def relay_stream(
             first_frame_at = time.perf_counter()
         await response.write(b"".join([*frames, DONE_FRAME]))
     except GatewayError as error:
+        ended = relayed.ended if relayed is not None else None
+        if ended == "client":  # we closed the upstream because the client had gone
+            if response is None:
+                raise ConnectionResetError("The client disconnected.") from None
+            return StreamOutcome(response, 499, translator.usage, first_frame_at)
+        failure = error
+        if ended == "shutdown":
+            failure = ShuttingDown(
+                "The gateway is shutting down and the stream ran past its grace period; "
+                "retry the request."
+            )
         if response is None:
-            raise
-        status = error.status
-        log.warning("stream from provider '%s' failed mid-way: %s", provider, error.message)
-        await _write_quietly(response, error_frame(error) + DONE_FRAME)
+            if failure is error:
+                raise
+            raise failure from None
+        status = failure.status
+        log.warning("stream from provider '%s' failed mid-way: %s", provider, failure.message)
+        await _write_quietly(response, error_frame(failure) + DONE_FRAME)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         status = 499  # the client went away; stop reading the upstream too
         upstream.close()
@@ -107,6 +211,8 @@ async def relay_stream(
             raise
         return StreamOutcome(response, status, translator.usage, first_frame_at)
     finally:
+        if streams is not None and relayed is not None:
+            streams.remove(relayed)
         upstream.release()
     await _write_eof_quietly(response)
     return StreamOutcome(response, status, translator.usage, first_frame_at)
