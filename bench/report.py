@@ -105,7 +105,11 @@ def scenario_table(run: Run, scenario: Scenario) -> list[str]:
     redis = [r for r in run.rows if r.scenario == scenario.key and r.redis_commands_per_req]
     if redis:
         counts = ", ".join(f"{r.gateway} {r.redis_commands_per_req:.2f}" for r in redis)
-        lines += ["", f"Redis commands per request (from its INFO stats): {counts}."]
+        lines += [
+            "",
+            f"Redis round trips per request (commands clients sent, from INFO commandstats; "
+            f"what the admission script runs inside Redis is not counted): {counts}.",
+        ]
     return lines
 
 
