@@ -88,6 +88,11 @@ def rss_each_kib(root: int) -> list[int]:
     return [_status_kib(p, "VmRSS") for p in descendants(root)]
 
 
+def rss_by_pid_kib(root: int) -> dict[int, int]:
+    """VmRSS of ``root`` and of each descendant, in KiB, by pid."""
+    return {p: _status_kib(p, "VmRSS") for p in descendants(root)}
+
+
 def rss_kib(root: int) -> tuple[int, int]:
     """(current RSS, peak RSS) in KiB, summed over ``root`` and its descendants."""
     pids = descendants(root)
