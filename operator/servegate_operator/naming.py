@@ -52,8 +52,10 @@ def plaintext_secret_name(endpoint: str) -> str:
     return _bounded("servegate-ep-", f"{endpoint}-plaintext", 253)
 
 
-def endpoint_url(namespace: str, endpoint: str) -> str:
-    return f"http://{GATEWAY_NAME}.{namespace}.svc/serving-endpoints/{endpoint}/invocations"
+def endpoint_url(namespace: str, endpoint: str, *, tls: bool = False) -> str:
+    """The in-cluster query URL; with the gateway's TLS on, https on the Service's port 443."""
+    scheme = "https" if tls else "http"
+    return f"{scheme}://{GATEWAY_NAME}.{namespace}.svc/serving-endpoints/{endpoint}/invocations"
 
 
 def review_binding_name(namespace: str) -> str:

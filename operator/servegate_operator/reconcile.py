@@ -208,7 +208,7 @@ def reconcile(k: Kube, endpoint: dict[str, Any], settings: OperatorSettings, now
         gateway=gateway,
         task=task,
         entities=entities,
-        url=endpoint_url(namespace, name),
+        url=endpoint_url(namespace, name, tls=settings.gateway.tls_secret is not None),
     )
     outcome.status = render_status(observed, endpoint.get("status") or {}, now)
     for cond_type, status, message in transitions(endpoint.get("status") or {}, outcome.status):

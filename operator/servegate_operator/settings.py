@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,11 @@ DEFAULT_RESOURCES: dict[str, Any] = {
     "limits": {"memory": "512Mi"},
 }
 
+
+_SECRET_NAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+)
+"""A Secret's name: a DNS subdomain (RFC 1123)."""
 
 AuthMode = Literal["file", "kubernetes"]
 AUTH_MODES: tuple[AuthMode, ...] = ("file", "kubernetes")
@@ -72,10 +78,19 @@ class GatewayDefaults:
     """Gateway worker processes per pod (``--workers``): one per CPU the pod may use."""
     redis_url: str | None = None
     """Shared rate-limit storage for the gateway's replicas (SERVEGATE_REDIS_URL in the pod)."""
+    tls_secret: str | None = None
+    """A ``kubernetes.io/tls`` Secret (keys ``tls.crt`` and ``tls.key``) in each endpoint
+    namespace: the gateway serves HTTPS with it (``--tls-cert``/``--tls-key``), reloading
+    it when kubelet refreshes the mount, and its Service exposes port 443 ``https``."""
 
     def __post_init__(self) -> None:
         if self.control_plane is not None and self.auth_mode != "kubernetes":
             raise ValueError("control_plane 'kubernetes' needs auth_mode 'kubernetes'")
+        if self.tls_secret is not None and not _SECRET_NAME.fullmatch(self.tls_secret):
+            raise ValueError(
+                f"SERVEGATE_GATEWAY_TLS_SECRET must be a Secret name (a DNS subdomain): "
+                f"{self.tls_secret!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         control_plane_cluster_role=env.get("SERVEGATE_GATEWAY_CONTROL_PLANE_CLUSTER_ROLE")
         or base.control_plane_cluster_role,
         redis_url=env.get("SERVEGATE_GATEWAY_REDIS_URL") or None,
+        tls_secret=env.get("SERVEGATE_GATEWAY_TLS_SECRET") or None,
         workers=int(env.get("SERVEGATE_GATEWAY_WORKERS", 1)),
         security_context=_json_env(env, "SERVEGATE_GATEWAY_SECURITY_CONTEXT", {}),
         pod_security_context=_json_env(env, "SERVEGATE_GATEWAY_POD_SECURITY_CONTEXT", {}),

@@ -87,6 +87,12 @@ class GatewaySettings:
     grace_period: float = 30.0
     """After SIGTERM: seconds until requests still in flight are cut off."""
 
+    # TLS on the gateway's own port (server.py: ServerTLS).
+    tls_cert: Path | None = None
+    """PEM certificate chain (leaf first): the port serves HTTPS only. Needs ``tls_key``."""
+    tls_key: Path | None = None
+    """The certificate's unencrypted PEM private key. Both files are reloaded when they change."""
+
 
 async def _upstream_client_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[keys.upstream_client].start()

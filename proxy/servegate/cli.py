@@ -15,7 +15,7 @@ from servegate import __version__
 from servegate.app import GatewaySettings
 from servegate.auth.callers import AuthFileError
 from servegate.logs import setup_logging
-from servegate.server import ListenError, run_gateway, run_loop, run_workers
+from servegate.server import ListenError, TLSConfigError, run_gateway, run_loop, run_workers
 from servegate.simulators.ports import EXAMPLE_PORTS
 from servegate.spec.manifest import load_manifests
 from servegate.spec.schema import print_crd
@@ -216,6 +216,23 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         "(counted from the signal, the drain delay included), then they are cut off; "
         "keep it about 10 s below the pod's terminationGracePeriodSeconds (default 30)",
     )
+    # TLS on the gateway's port (server.py: ServerTLS).
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=os.environ.get("SERVEGATE_TLS_CERT") or None,
+        metavar="PEM",
+        help="serve HTTPS only (TLS 1.2+) with this certificate chain, leaf first; needs "
+        "--tls-key. Both files are reloaded when they change, without a restart (default: "
+        "$SERVEGATE_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=os.environ.get("SERVEGATE_TLS_KEY") or None,
+        metavar="PEM",
+        help="the certificate's private key, unencrypted PEM (default: $SERVEGATE_TLS_KEY)",
+    )
 
 
 def _seconds(value: str) -> float:
@@ -308,6 +325,8 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         keepalive_timeout=args.keepalive_timeout,
         drain_delay=args.drain_delay,
         grace_period=args.grace_period,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
@@ -333,6 +352,16 @@ def check_exposure(args: argparse.Namespace) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        given, missing = (
+            ("--tls-cert", "--tls-key") if args.tls_key is None else ("--tls-key", "--tls-cert")
+        )
+        print(
+            f"servegate: {given} needs {missing} (or $SERVEGATE_TLS_CERT and "
+            "$SERVEGATE_TLS_KEY): give both to serve HTTPS, or neither",
+            file=sys.stderr,
+        )
+        return 2
     refusal = check_exposure(args)
     if refusal:
         print(f"servegate: {refusal}", file=sys.stderr)
@@ -360,6 +389,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"servegate: {exc}", file=sys.stderr)
         return 2
     except ListenError as exc:
+        print(f"servegate: {exc}", file=sys.stderr)
+        return 2
+    except TLSConfigError as exc:
         print(f"servegate: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -31,24 +31,40 @@ So the process is gone at most ``grace_period`` + about 7 s after SIGTERM: the p
 ``terminationGracePeriodSeconds`` must be larger (the operator renders 40; the default
 grace period is 30). SIGINT (Ctrl-C) does the same without the delay. A second signal, a
 second or more after the first, skips what is left of the delay and of the grace period.
+
+TLS (``--tls-cert`` and ``--tls-key``, :class:`ServerTLS`): the port serves HTTPS only
+(TLS 1.2 or newer; plain HTTP on it fails the handshake and the connection closes). The
+directories holding the two files are watched for changes to them (``watchfiles``, not
+recursively; with ``--no-watch``, not at all), and the files are re-read every 60 s in
+case an event is missed. When their content changes, the new pair is checked on a scratch
+context and then loaded into the serving one, so new connections present it at once and
+connections already open keep theirs. A pair that cannot be used (half written, key and
+certificate not matching) is logged and the previous one keeps serving. A Kubernetes
+Secret volume (kubelet swaps its ``..data`` symlink) and certbot's ``live/`` symlinks
+change in a watched directory too. With ``--workers``, each worker watches and reloads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from multiprocessing.queues import Queue
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
+import watchfiles
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import multiprocess
@@ -75,8 +91,212 @@ class ListenError(OSError):
     """The gateway could not bind its address (in use, not permitted)."""
 
 
-def _show(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+class TLSConfigError(Exception):
+    """The TLS certificate or key cannot be served; the message says which file and why."""
+
+
+_TLS_RECHECK_S = 60.0
+"""Re-read the certificate and key this often even without a file event."""
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+_PEM_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )?PRIVATE KEY-----")
+_PEM_ENCRYPTED = re.compile(rb"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type: *4, *ENCRYPTED")
+
+
+class ServerTLS:
+    """The gateway's TLS server context (TLS 1.2+), whose certificate follows the files.
+
+    ``SSLContext.load_cert_chain`` on the serving context applies to the handshakes that
+    start afterwards. A failed load can leave a context without a usable key, so a new
+    pair is read once, staged in a private temporary directory, loaded into a scratch
+    context first and, only if that works, into the serving one (from the same bytes).
+    Everything runs on the event loop's thread, where the handshakes run too.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert = cert
+        self.key = key
+        self.context = _new_context()
+        pem = self._read()
+        self._install(pem)
+        self._serving = pem
+        self.fingerprint = _fingerprint(pem[0])
+        """SHA-256 of the leaf certificate being served (hex)."""
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> ServerTLS | None:
+        if settings.tls_cert is None and settings.tls_key is None:
+            return None
+        if settings.tls_cert is None or settings.tls_key is None:
+            raise TLSConfigError("a TLS certificate and its key go together: give both")
+        return cls(settings.tls_cert, settings.tls_key)
+
+    def _read(self) -> tuple[bytes, bytes]:
+        pem: list[bytes] = []
+        for what, path in (("certificate", self.cert), ("key", self.key)):
+            try:
+                pem.append(path.read_bytes())
+            except OSError as exc:
+                raise TLSConfigError(
+                    f"cannot read the TLS {what} {path}: {exc.strerror or exc}"
+                ) from None
+        return pem[0], pem[1]
+
+    def _install(self, pem: tuple[bytes, bytes]) -> None:
+        """Load ``pem`` into the serving context, or raise TLSConfigError and leave it be."""
+        cert, key = pem
+        if not _PEM_CERT.search(cert):
+            raise TLSConfigError(
+                f"{self.cert} holds no PEM certificate (a '-----BEGIN CERTIFICATE-----' block)"
+            )
+        if _PEM_ENCRYPTED.search(key):
+            self._encrypted()
+        if not _PEM_KEY.search(key):
+            raise TLSConfigError(
+                f"{self.key} holds no PEM private key (a '-----BEGIN PRIVATE KEY-----' block)"
+            )
+
+        def no_password() -> NoReturn:  # OpenSSL would prompt on the terminal instead
+            self._encrypted()
+
+        try:
+            with _staged(cert, key) as (cert_path, key_path):
+                _new_context().load_cert_chain(cert_path, key_path, password=no_password)
+                self.context.load_cert_chain(cert_path, key_path, password=no_password)
+        except ssl.SSLError as exc:
+            if exc.reason == "KEY_VALUES_MISMATCH":
+                raise TLSConfigError(
+                    f"the private key {self.key} does not belong to the certificate {self.cert}"
+                ) from None
+            if exc.reason is None:  # "PEM lib": OpenSSL does not say which file
+                raise TLSConfigError(f"{self._unparsable(cert)} (OpenSSL: {exc})") from None
+            raise TLSConfigError(
+                f"cannot serve TLS with the certificate {self.cert} and the key {self.key}: "
+                f"{exc.reason}"
+            ) from None
+        except OSError as exc:
+            raise TLSConfigError(
+                f"cannot stage the TLS certificate and key in {tempfile.gettempdir()}: "
+                f"{exc.strerror or exc}"
+            ) from None
+
+    def _unparsable(self, cert: bytes) -> str:
+        """Which file OpenSSL could not parse: the certificates alone, or else the key."""
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                cadata=cert.decode("ascii")
+            )
+        except (ssl.SSLError, ValueError):
+            return f"{self.cert} is not a valid PEM certificate chain"
+        return f"{self.key} is not a valid PEM private key"
+
+    def _encrypted(self) -> NoReturn:
+        raise TLSConfigError(
+            f"{self.key} holds an encrypted private key: the gateway needs it unencrypted "
+            "(restrict who can read the file instead)"
+        )
+
+    def reload(self) -> bool:
+        """Serve the files' current pair if it changed. True when a new pair is served;
+        a pair that cannot be used is logged and the previous one keeps serving."""
+        try:
+            pem = self._read()
+            if pem == self._serving:
+                return False
+            self._install(pem)
+        except TLSConfigError as exc:
+            log.error("TLS certificate not reloaded, still serving the previous one: %s", exc)
+            return False
+        self._serving = pem
+        self.fingerprint = _fingerprint(pem[0])
+        log.info("TLS certificate reloaded from %s (sha256 %s)", self.cert, self.fingerprint)
+        return True
+
+    def concerns(self, changed: Path) -> bool:
+        """Whether a change in a watched directory may change the pair: one of the two
+        names, or kubelet's ``..data`` swap (its entries start with ``..``)."""
+        named = changed in {self.cert.absolute(), self.key.absolute()}
+        return named or changed.name.startswith("..")
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Reload when the files change, and every ``_TLS_RECHECK_S`` in any case.
+
+        The directories holding them are watched (not the files: a rename replaces them),
+        keeping the changes to the two names and to kubelet's ``..data`` swap (its
+        ``..``-prefixed entries), so other files in the directory (a log) cause no reads.
+        """
+        roots = sorted({str(self.cert.absolute().parent), str(self.key.absolute().parent)})
+        try:
+            async for _changes in watchfiles.awatch(
+                *roots,
+                watch_filter=lambda _change, changed: self.concerns(Path(changed)),
+                stop_event=stop,
+                debounce=200,
+                step=20,
+                recursive=False,
+                rust_timeout=int(_TLS_RECHECK_S * 1000),
+                yield_on_timeout=True,
+            ):
+                self.reload()
+        except Exception as exc:  # a watch that cannot start must not stop the gateway
+            log.error(
+                "cannot watch %s for certificate changes (%s): a new certificate needs a restart",
+                ", ".join(roots),
+                exc,
+            )
+
+    @contextlib.asynccontextmanager
+    async def watching(self, enabled: bool) -> AsyncIterator[None]:
+        if not enabled:
+            yield
+            return
+        stop = asyncio.Event()
+        task = asyncio.create_task(self.watch(stop), name="servegate-tls-watch")
+        # The task's first step sets the watch up (watchfiles creates its notifier before
+        # its first await); from here on no change is missed, and one that came between
+        # the first load and now is served at once.
+        await asyncio.sleep(0)
+        self.reload()
+        try:
+            yield
+        finally:
+            stop.set()  # first: the watch thread returns at its next step, then the task ends
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _new_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])  # aiohttp's server speaks HTTP/1.1 only
+    return context
+
+
+@contextlib.contextmanager
+def _staged(cert: bytes, key: bytes) -> Iterator[tuple[str, str]]:
+    """``ssl`` loads certificates from files only: the pair in a private directory
+    (``mkdtemp`` makes it owner-only; the files are 0600), removed right after."""
+    with tempfile.TemporaryDirectory(prefix="servegate-tls-") as tmp:
+        paths: list[str] = []
+        for name, data in (("cert.pem", cert), ("key.pem", key)):
+            path = os.path.join(tmp, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+            paths.append(path)
+        yield paths[0], paths[1]
+
+
+def _fingerprint(cert: bytes) -> str:
+    """SHA-256 of the first certificate of a PEM chain (the leaf), as ``openssl x509
+    -fingerprint -sha256`` shows it without the colons."""
+    match = _PEM_CERT.search(cert)
+    assert match is not None  # _install checked it
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(match.group().decode("ascii"))).hexdigest()
+
+
+def _show(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def run_gateway(
@@ -91,6 +311,7 @@ async def run_gateway(
     """Serve until SIGTERM/SIGINT, then drain (see the module docstring) and return."""
     signals = _Signals(asyncio.get_running_loop())  # first: a signal during startup counts
     try:
+        tls = ServerTLS.from_settings(settings)  # before the config: a bad pair fails fast
         access = logging.getLogger("servegate.access")
         access.setLevel(logging.INFO if settings.access_log else logging.WARNING)
         app = create_app(settings)
@@ -101,24 +322,34 @@ async def run_gateway(
             keepalive_timeout=settings.keepalive_timeout,
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
+        site = web.TCPSite(
+            runner,
+            host,
+            port,
+            reuse_port=reuse_port,
+            ssl_context=tls.context if tls is not None else None,
+        )
         try:
             await site.start()
         except OSError as exc:
             await runner.cleanup()
             raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         bound_host, bound_port = runner.addresses[0][:2]
-        url = _show(str(bound_host), int(bound_port))
-        if on_listening is not None:
-            on_listening(url)
-        else:
-            print(f"servegate: listening on {url}", flush=True)
-        if banner:
-            print(banner, flush=True)
-        try:
-            await signals.first.wait()
-        finally:
-            await _drain(runner, app, settings, signals)
+        url = _show(str(bound_host), int(bound_port), "http" if tls is None else "https")
+        async with contextlib.AsyncExitStack() as stack:
+            if tls is not None:  # watching before "listening": a change after it is seen
+                await stack.enter_async_context(tls.watching(settings.watch))
+                log.info("serving TLS from %s (sha256 %s)", tls.cert, tls.fingerprint)
+            if on_listening is not None:
+                on_listening(url)
+            else:
+                print(f"servegate: listening on {url}", flush=True)
+            if banner:
+                print(banner, flush=True)
+            try:
+                await signals.first.wait()
+            finally:
+                await _drain(runner, app, settings, signals)
     finally:
         signals.remove()
 
@@ -246,11 +477,14 @@ def _worker(settings: GatewaySettings, host: str, port: int, ready: Queue[Any]) 
         run_loop(run_gateway(settings, host, port, reuse_port=True, on_listening=ready.put))
     except ListenError as exc:
         ready.put(f"error: {exc}")
+    except TLSConfigError as exc:  # the files changed since the parent checked them
+        ready.put(f"tls-error: {exc}")
     finally:
         stop_logging()
 
 
 def run_workers(settings: GatewaySettings, host: str, port: int, workers: int) -> int:
+    ServerTLS.from_settings(settings)  # a bad certificate is reported once, before any worker
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     reservation = socket.socket(family, socket.SOCK_STREAM)
     metrics_dir = tempfile.mkdtemp(prefix="servegate-metrics-")
@@ -274,6 +508,9 @@ def run_workers(settings: GatewaySettings, host: str, port: int, workers: int) -
         failed = [u for u in urls if u.startswith("error: ")]
         if failed:
             raise ListenError(failed[0].removeprefix("error: "))
+        tls_failed = [u for u in urls if u.startswith("tls-error: ")]
+        if tls_failed:
+            raise TLSConfigError(tls_failed[0].removeprefix("tls-error: "))
         print(f"servegate: listening on {urls[0]} ({workers} workers)", flush=True)
         return _supervise(processes)
     finally:

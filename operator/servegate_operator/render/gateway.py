@@ -13,6 +13,16 @@ requests in flight finish within its grace period, inside the pod's 40 s).
 Secret sources are ``optional``: a missing Secret must not stop the pod (and every other
 endpoint in the namespace) from starting; the gateway marks just the endpoint that needs
 it NOT_READY, and recovers by itself when the Secret appears.
+
+The one exception is the TLS Secret (``tls_secret``, chart value ``gateway.tls.secretName``):
+it is not optional, because a gateway without it would have to serve plain HTTP where
+clients expect HTTPS. While it is missing, kubelet does not start the pod (``FailedMount``
+events on the pod): a rollout stops at its first new pod, with the old pods serving; a new
+namespace's gateway never becomes available (``GatewayAvailable=False``) until the Secret
+exists. With it, the gateway serves HTTPS on its container port (still named ``http``,
+which the NetworkPolicy and the probes name; the probes say ``scheme: HTTPS``, and kubelet
+does not verify the certificate) and reloads the certificate when kubelet refreshes the
+mounted files; the Service exposes port 443 named ``https`` instead of port 80 ``http``.
 """
 
 from __future__ import annotations
@@ -38,6 +48,10 @@ from servegate_operator.settings import GatewayDefaults
 
 GATEWAY_NAMESPACE_LABEL = "servegate.io/gateway-namespace"
 """On the review ClusterRoleBinding: the namespace whose gateway it serves."""
+TLS_MOUNT = "/etc/servegate/tls"
+"""Where the gateway's TLS Secret is mounted (``tls.crt`` and ``tls.key``)."""
+TLS_KEYS = ("tls.crt", "tls.key")
+"""The keys of a ``kubernetes.io/tls`` Secret (cert-manager writes ``ca.crt`` beside them)."""
 
 
 def _metadata(namespace: str, component: str = "gateway") -> dict[str, Any]:
@@ -108,7 +122,23 @@ def render_deployment(
         volumes.append({"name": "auth", "secret": {"secretName": gateway.auth_secret}})
     elif not kubernetes_auth:
         args.append("--insecure-no-auth")
-    probe = {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5}
+    scheme: dict[str, str] = {}
+    if gateway.tls_secret:
+        # Not optional (see the module docstring); readable by the pod's fsGroup only.
+        args += ["--tls-cert", f"{TLS_MOUNT}/tls.crt", "--tls-key", f"{TLS_MOUNT}/tls.key"]
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+        volumes.append(
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": gateway.tls_secret,
+                    "items": [{"key": key, "path": key} for key in TLS_KEYS],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        scheme = {"scheme": "HTTPS"}
+    probe = {"httpGet": {"path": "/readyz", "port": "http", **scheme}, "periodSeconds": 5}
     container = {
         "name": "gateway",
         "image": gateway.image,
@@ -127,7 +157,7 @@ def render_deployment(
         ],
         "readinessProbe": {**probe, "failureThreshold": 2},
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "http"},
+            "httpGet": {"path": "/healthz", "port": "http", **scheme},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
@@ -257,9 +287,12 @@ def render_control_plane_binding(namespace: str, gateway: GatewayDefaults) -> di
 
 
 def render_service(namespace: str, gateway: GatewayDefaults) -> dict[str, Any]:
+    """Port 80 ``http``; with TLS, port 443 ``https`` instead (no port speaks TLS on 80, so
+    ``https://servegate-gateway.<ns>.svc/`` is the URL), to the same container port."""
     metadata = _metadata(namespace)
     if gateway.service_annotations:
         metadata["annotations"] = dict(gateway.service_annotations)
+    name, port = ("https", 443) if gateway.tls_secret else ("http", 80)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -267,7 +300,7 @@ def render_service(namespace: str, gateway: GatewayDefaults) -> dict[str, Any]:
         "spec": {
             "type": gateway.service_type,
             "selector": gateway_selector(),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": name, "port": port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 
