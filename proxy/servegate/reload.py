@@ -32,6 +32,10 @@ def _watch_roots(paths: list[Path]) -> tuple[list[Path], list[Path]]:
     for path in paths:
         absolute = path.absolute()
         relevant.append(absolute)
+        if not absolute.is_dir():
+            # A file in a mounted Secret or ConfigMap is a symlink into ``..data``; kubelet
+            # swaps that symlink, and the file's own path never sees an event.
+            relevant.append(absolute.parent / "..data")
         root = absolute if absolute.is_dir() else absolute.parent
         while not root.exists() and root != root.parent:  # watch for it to appear
             root = root.parent

@@ -193,3 +193,66 @@ def test_stream_in_flight_survives_a_reload(
         loop.run(session.close())
     finally:
         gw.stop()
+
+
+def test_auth_file_in_a_secret_mount_reloads_on_the_symlink_swap(
+    tmp_path: Path, sim: str, background_loop: BackgroundLoop
+) -> None:
+    """kubelet updates a mounted Secret by swapping ``..data``: the auth file's own path
+    (a symlink through it) sees no event, yet the new tokens must apply without a restart."""
+    import hashlib
+
+    import yaml
+
+    loop = background_loop
+    write_secret(tmp_path / "secrets", "openai", "api_key", KEY)
+    write_yaml(
+        tmp_path / "m" / "chat.yaml",
+        endpoint_doc("chat", [openai_entity("gpt-4o-mini", sim + "/v1")]),
+    )
+    mount = tmp_path / "auth"
+    mount.mkdir()
+
+    def publish(version: str, token: str) -> None:
+        data_dir = mount / f"..{version}"
+        data_dir.mkdir()
+        entry = {"name": "ana", "sha256": hashlib.sha256(token.encode()).hexdigest()}
+        (data_dir / "auth.yaml").write_text(yaml.safe_dump({"tokens": [entry]}))
+        tmp_link = mount / "..data_tmp"
+        tmp_link.symlink_to(data_dir.name)
+        os.replace(tmp_link, mount / "..data")
+        if not (mount / "auth.yaml").is_symlink():
+            (mount / "auth.yaml").symlink_to("..data/auth.yaml")
+
+    async def ask(url: str, token: str) -> int:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{url}/serving-endpoints/chat/invocations",
+                json={"messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r,
+        ):
+            return r.status
+
+    publish("2026_11_22_00_00_00.1", "tok-old")
+    gw = GatewayProcess(
+        [
+            "serve",
+            str(tmp_path / "m"),
+            "--secrets-dir",
+            str(tmp_path / "secrets"),
+            "--auth-file",
+            str(mount / "auth.yaml"),
+        ],
+        tmp_path / "gw.log",
+    )
+    try:
+        assert loop.run(ask(gw.url, "tok-old")) == 200
+        gen = generation(loop, gw.url)
+        publish("2026_11_22_00_01_00.2", "tok-new")
+        wait_for_generation(loop, gw.url, gen)
+        assert loop.run(ask(gw.url, "tok-new")) == 200
+        assert loop.run(ask(gw.url, "tok-old")) == 401
+    finally:
+        gw.stop()
