@@ -36,7 +36,14 @@ from servegate.spec import (
     Task,
     redacted_dump,
 )
-from servegate.spec.manifest import LoadedEndpoint, ManifestError, load_manifests
+from servegate.spec.manifest import (
+    CONFIG_VERSION,
+    CREATED_MS,
+    UPDATED_MS,
+    LoadedEndpoint,
+    ManifestError,
+    load_manifests,
+)
 from servegate.transport.credentials import CredentialRegistry
 
 log = logging.getLogger(__name__)
@@ -233,9 +240,9 @@ def _history(loaded: LoadedEndpoint) -> tuple[int, int, int] | None:
     notes = loaded.manifest.metadata.annotations or {}
     try:
         return (
-            int(notes["servegate.io/config-version"]),
-            int(notes["servegate.io/creation-timestamp"]),
-            int(notes["servegate.io/last-updated-timestamp"]),
+            int(notes[CONFIG_VERSION]),
+            int(notes[CREATED_MS]),
+            int(notes[UPDATED_MS]),
         )
     except (KeyError, ValueError):
         return None

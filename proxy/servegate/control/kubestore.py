@@ -44,7 +44,6 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -60,21 +59,17 @@ from servegate.control.store import (
     ControlPlaneConfigError,
     Stored,
     StoreUnavailable,
+    first_history,
+    next_history,
 )
 from servegate.ingress.errors import GatewayError, InvalidParameter, NotFound
 from servegate.spec import ServingEndpointSpec, redacted_dump
-from servegate.spec.manifest import API_GROUP, API_VERSION, KIND
+from servegate.spec.manifest import API_GROUP, API_VERSION, CREATED_MS, KIND, UPDATED_MS
 from servegate.spec.secrets import SecretRef
 
 log = logging.getLogger("servegate.control")
 
 PLURAL: Final = "servingendpoints"
-MANAGED_BY: Final = "servegate.io/managed-by"
-CREATED_BY: Final = "servegate.io/created-by"
-CONFIG_VERSION: Final = "servegate.io/config-version"
-CREATED_MS: Final = "servegate.io/creation-timestamp"
-UPDATED_MS: Final = "servegate.io/last-updated-timestamp"
-"""The same history annotations the state dir writes (``statedir.py``)."""
 CREDENTIALS_ANNOTATION: Final = "gateway.servegate.io/credentials"
 """The ``resourceVersion`` of the endpoint's Secret as last written. Changing it is what
 makes the operator reconcile again once the Secret exists. It is deliberately *not* under
@@ -163,20 +158,13 @@ class KubernetesStore:
         check_resource_name(name)
         secret_name = _secret_name(extracted)
         _check_keys(extracted.secrets)
-        now = str(int(time.time() * 1000))
         body = {
             "apiVersion": API_VERSION,
             "kind": KIND,
             "metadata": {
                 "name": name,
                 "namespace": self.namespace,
-                "annotations": {
-                    MANAGED_BY: "api",
-                    CREATED_BY: creator,
-                    CONFIG_VERSION: "1",
-                    CREATED_MS: now,
-                    UPDATED_MS: now,
-                },
+                "annotations": first_history(creator),
             },
             "spec": extracted.spec,
         }
@@ -248,11 +236,9 @@ class KubernetesStore:
         """PUT the resource with the new spec, at the resourceVersion it was read with."""
         name = obj["metadata"]["name"]
         metadata = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
-        annotations = dict(metadata.get("annotations") or {})
-        if obj.get("spec") != spec:
-            version = _int(annotations.get(CONFIG_VERSION), 1)
-            annotations[CONFIG_VERSION] = str(version + 1)
-            annotations[UPDATED_MS] = str(int(time.time() * 1000))
+        annotations = next_history(
+            metadata.get("annotations") or {}, changed=obj.get("spec") != spec
+        )
         if secret is not None:
             annotations[CREDENTIALS_ANNOTATION] = secret["metadata"]["resourceVersion"]
         body = {

@@ -22,7 +22,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +29,9 @@ import yaml
 
 from servegate.control.pending import served_digest
 from servegate.control.plaintext import Extracted, scope_for
-from servegate.control.store import AlreadyExists, Conflict, Stored
+from servegate.control.store import AlreadyExists, Conflict, Stored, first_history, next_history
 from servegate.ingress.errors import NotFound
-from servegate.spec.manifest import API_VERSION, KIND
-
-MANAGED_BY = "servegate.io/managed-by"
-CREATED_BY = "servegate.io/created-by"
-CONFIG_VERSION = "servegate.io/config-version"
-CREATED_MS = "servegate.io/creation-timestamp"
-UPDATED_MS = "servegate.io/last-updated-timestamp"
-"""The endpoint's history, kept in its manifest so that every worker, and the gateway
-after a restart, reports the same ``config_version`` and timestamps (config.py reads
-them)."""
+from servegate.spec.manifest import API_VERSION, CREATED_MS, KIND
 
 
 class StateDir:
@@ -57,13 +47,6 @@ class StateDir:
 
     def manages(self, name: str) -> bool:
         return self.path(name).is_file()
-
-    def changed_ms(self, name: str) -> int:
-        """When the endpoint's manifest was last written (epoch ms; 0 if gone)."""
-        try:
-            return int(self.path(name).stat().st_mtime * 1000)
-        except FileNotFoundError:
-            return 0
 
     def read(self, name: str) -> dict[str, Any] | None:
         """The stored spec (references only), or None when the API did not create it."""
@@ -99,8 +82,7 @@ class StateDir:
 
     def create(self, name: str, extracted: Extracted, creator: str) -> None:
         """Store a new endpoint; FileExistsError if the name is taken (nothing written)."""
-        now = str(int(time.time() * 1000))
-        history = {CREATED_BY: creator, CONFIG_VERSION: "1", CREATED_MS: now, UPDATED_MS: now}
+        history = first_history(creator)
         fd, temp = tempfile.mkstemp(dir=self.endpoints, prefix=f".{name}.yaml.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -128,12 +110,10 @@ class StateDir:
         if revision is not None and _revision(stat) != revision:
             raise Conflict(f"Endpoint '{name}' was changed meanwhile; read it and try again.")
         self._write_secrets(extracted)
-        history = dict(doc.get("metadata", {}).get("annotations") or {})
-        history.pop(MANAGED_BY, None)
-        if doc.get("spec") != extracted.spec:
-            version = int(history.get(CONFIG_VERSION, "1"))
-            history[CONFIG_VERSION] = str(version + 1)
-            history[UPDATED_MS] = str(int(time.time() * 1000))
+        history = next_history(
+            doc.get("metadata", {}).get("annotations") or {},
+            changed=doc.get("spec") != extracted.spec,
+        )
         _atomic_write(self.path(name), _manifest(name, extracted.spec, history))
         self._prune(extracted)
 
@@ -213,7 +193,7 @@ def _manifest(name: str, spec: dict[str, Any], history: dict[str, str]) -> str:
     doc = {
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "metadata": {"name": name, "annotations": {MANAGED_BY: "api", **history}},
+        "metadata": {"name": name, "annotations": history},
         "spec": spec,
     }
     return yaml.safe_dump(doc, sort_keys=False)

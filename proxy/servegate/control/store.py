@@ -22,6 +22,7 @@ unavailable), because only they know what their backend's failures mean.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 from servegate.auth.callers import AuthFileError
 from servegate.control.plaintext import Extracted
 from servegate.ingress.errors import GatewayError
+from servegate.spec.manifest import CONFIG_VERSION, CREATED_BY, CREATED_MS, MANAGED_BY, UPDATED_MS
 
 
 class ControlPlaneConfigError(AuthFileError):
@@ -121,3 +123,29 @@ class EndpointStore(Protocol):
     async def delete(self, name: str) -> None:
         """Remove the endpoint and its credentials; ``NotFound`` if it is not there."""
         ...
+
+
+def first_history(creator: str) -> dict[str, str]:
+    """The annotations of a newly created endpoint: version 1, created and updated now."""
+    now = str(int(time.time() * 1000))
+    return {
+        MANAGED_BY: "api",
+        CREATED_BY: creator,
+        CONFIG_VERSION: "1",
+        CREATED_MS: now,
+        UPDATED_MS: now,
+    }
+
+
+def next_history(annotations: Mapping[str, str], *, changed: bool) -> dict[str, str]:
+    """The annotations of a new version: ``config_version`` + 1 and updated now when the
+    spec changed; the others kept as they are."""
+    history = dict(annotations)
+    if changed:
+        try:
+            version = int(history.get(CONFIG_VERSION, "1"))
+        except ValueError:
+            version = 1
+        history[CONFIG_VERSION] = str(version + 1)
+        history[UPDATED_MS] = str(int(time.time() * 1000))
+    return history

@@ -11,7 +11,7 @@ inference-table row, as the endpoint's ``ai_gateway`` asks, and keeps the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from servegate.canonical.usage import Usage
@@ -41,7 +41,6 @@ class RequestRecord:
     response_body: bytes | str | None = None
     upstream_ms: int = 0
     guardrail: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class Recorder:

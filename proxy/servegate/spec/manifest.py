@@ -25,6 +25,15 @@ from servegate.spec.providers import SpecError, SpecModel
 API_GROUP = "servegate.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "ServingEndpoint"
+
+# The annotations an endpoint created through the REST API carries: who made it, and its
+# history, so every worker (and the gateway after a restart) reports the same
+# ``config_version`` and timestamps. Written by control/, read by config.py.
+MANAGED_BY = f"{API_GROUP}/managed-by"
+CREATED_BY = f"{API_GROUP}/created-by"
+CONFIG_VERSION = f"{API_GROUP}/config-version"
+CREATED_MS = f"{API_GROUP}/creation-timestamp"
+UPDATED_MS = f"{API_GROUP}/last-updated-timestamp"
 MANIFEST_SUFFIXES = frozenset({".yaml", ".yml", ".json"})
 ENDPOINT_NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
