@@ -25,7 +25,38 @@ DEFAULT_RESOURCES: dict[str, Any] = {
 _SECRET_NAME = re.compile(
     r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 )
-"""A Secret's name: a DNS subdomain (RFC 1123)."""
+"""A Secret's (or a ConfigMap's) name: a DNS subdomain (RFC 1123)."""
+_DATA_KEY = re.compile(r"(?=.{1,253}$)\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*")
+"""A key of a Secret's or a ConfigMap's data (never ``.``, ``..`` nor ``..``-prefixed)."""
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+"""An environment variable name, as Kubernetes accepts it in a container's ``env``."""
+GATEWAY_OWN_ENV_PREFIX = "SERVEGATE_"
+"""The gateway's own settings (``servegate serve`` reads ``SERVEGATE_*``): they come from
+typed values (``records_dsn_secret``, ``ca_bundle``, ``redis_url``, ...), never from
+``env``, so that a plain value cannot bypass them (a DSN with its password, say)."""
+OPERATOR_ENV = ("PYTHONUNBUFFERED", "HOME")
+"""Variables the operator sets in every gateway container itself."""
+
+CaBundleSource = Literal["configMap", "secret"]
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    """One key of a Secret of the same name in each endpoint namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class CaBundle:
+    """A PEM file of CA certificates: one key of a ConfigMap or a Secret of the same name in
+    each endpoint namespace."""
+
+    source: CaBundleSource
+    name: str
+    key: str
+
 
 AuthMode = Literal["file", "kubernetes"]
 AUTH_MODES: tuple[AuthMode, ...] = ("file", "kubernetes")
@@ -82,6 +113,18 @@ class GatewayDefaults:
     """A ``kubernetes.io/tls`` Secret (keys ``tls.crt`` and ``tls.key``) in each endpoint
     namespace: the gateway serves HTTPS with it (``--tls-cert``/``--tls-key``), reloading
     it when kubelet refreshes the mount, and its Service exposes port 443 ``https``."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """More environment variables of the gateway container, in order (an egress proxy:
+    ``HTTPS_PROXY``, ``NO_PROXY``, ...). Plain values: no ``SERVEGATE_*`` name (see
+    ``GATEWAY_OWN_ENV_PREFIX``), nor one the operator sets (``OPERATOR_ENV``)."""
+    records_dsn_secret: SecretKey | None = None
+    """The Secret key holding the records database's PostgreSQL DSN: the container's
+    SERVEGATE_RECORDS_DSN comes from it (``secretKeyRef``, not optional), so the DSN and
+    its password appear in no object the operator writes."""
+    ca_bundle: CaBundle | None = None
+    """Extra CA certificates (PEM) the gateway trusts for provider TLS, beside the system's
+    (a private CA, a TLS-inspecting egress proxy): the key is mounted read-only (not
+    optional) and named by SERVEGATE_CA_BUNDLE (``--ca-bundle``)."""
 
     def __post_init__(self) -> None:
         if self.control_plane is not None and self.auth_mode != "kubernetes":
@@ -91,6 +134,51 @@ class GatewayDefaults:
                 f"SERVEGATE_GATEWAY_TLS_SECRET must be a Secret name (a DNS subdomain): "
                 f"{self.tls_secret!r}"
             )
+        _check_env(self.env)
+        if self.records_dsn_secret is not None:
+            _check_source(
+                "SERVEGATE_GATEWAY_RECORDS_DSN_SECRET",
+                "SERVEGATE_GATEWAY_RECORDS_DSN_KEY",
+                self.records_dsn_secret.name,
+                self.records_dsn_secret.key,
+            )
+        if self.ca_bundle is not None:
+            source = "CONFIG_MAP" if self.ca_bundle.source == "configMap" else "SECRET"
+            _check_source(
+                f"SERVEGATE_GATEWAY_CA_BUNDLE_{source}",
+                "SERVEGATE_GATEWAY_CA_BUNDLE_KEY",
+                self.ca_bundle.name,
+                self.ca_bundle.key,
+            )
+
+
+def _check_env(env: Mapping[str, str]) -> None:
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+            raise ValueError(
+                f"SERVEGATE_GATEWAY_ENV: {name!r} is not an environment variable name "
+                f"(letters, digits, '_', '-' and '.', not starting with a digit)"
+            )
+        if name.startswith(GATEWAY_OWN_ENV_PREFIX):
+            raise ValueError(
+                f"SERVEGATE_GATEWAY_ENV: {name}: names starting with {GATEWAY_OWN_ENV_PREFIX} "
+                "are the gateway's own settings, which come from their typed values "
+                "(gateway.records.dsnSecret, gateway.caBundle, gateway.redisUrl, ...)"
+            )
+        if name in OPERATOR_ENV:
+            raise ValueError(f"SERVEGATE_GATEWAY_ENV: {name} is set by the operator")
+        if not isinstance(value, str):
+            raise ValueError(f"SERVEGATE_GATEWAY_ENV: the value of {name} must be a string")
+
+
+def _check_source(name_var: str, key_var: str, name: str, key: str) -> None:
+    if not _SECRET_NAME.fullmatch(name):
+        raise ValueError(f"{name_var} must be a name (a DNS subdomain): {name!r}")
+    if not _DATA_KEY.fullmatch(key):
+        raise ValueError(
+            f"{key_var} must be a data key (letters, digits, '-', '_' and '.', not "
+            f"starting with '..'): {key!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -136,6 +224,48 @@ def _control_plane(value: str, auth_mode: AuthMode) -> ControlPlane | None:
     return "kubernetes"
 
 
+def _env_list(env: Mapping[str, str]) -> dict[str, str]:
+    """SERVEGATE_GATEWAY_ENV: a JSON list of ``{"name": ..., "value": ...}`` (the chart's
+    ``gateway.env``), in order; a name listed twice is an error, not a silent override."""
+    items = _json_env(env, "SERVEGATE_GATEWAY_ENV", [])
+    if not isinstance(items, list):
+        raise ValueError("SERVEGATE_GATEWAY_ENV must be a JSON list of {name, value} objects")
+    out: dict[str, str] = {}
+    for item in items:
+        if not isinstance(item, dict) or sorted(item) != ["name", "value"]:
+            raise ValueError(
+                f"SERVEGATE_GATEWAY_ENV: each item must be {{name, value}}, not {item!r}"
+            )
+        name = item["name"]
+        if name in out:
+            raise ValueError(f"SERVEGATE_GATEWAY_ENV lists {name} twice")
+        out[name] = item["value"]
+    return out
+
+
+def _records_dsn_secret(env: Mapping[str, str]) -> SecretKey | None:
+    name = env.get("SERVEGATE_GATEWAY_RECORDS_DSN_SECRET")
+    if not name:
+        return None
+    return SecretKey(name, env.get("SERVEGATE_GATEWAY_RECORDS_DSN_KEY") or "dsn")
+
+
+def _ca_bundle(env: Mapping[str, str]) -> CaBundle | None:
+    config_map = env.get("SERVEGATE_GATEWAY_CA_BUNDLE_CONFIG_MAP")
+    secret = env.get("SERVEGATE_GATEWAY_CA_BUNDLE_SECRET")
+    key = env.get("SERVEGATE_GATEWAY_CA_BUNDLE_KEY") or "ca.crt"
+    if config_map and secret:
+        raise ValueError(
+            "SERVEGATE_GATEWAY_CA_BUNDLE_CONFIG_MAP and SERVEGATE_GATEWAY_CA_BUNDLE_SECRET "
+            "are both set: the CA bundle comes from one ConfigMap or one Secret"
+        )
+    if config_map:
+        return CaBundle("configMap", config_map, key)
+    if secret:
+        return CaBundle("secret", secret, key)
+    return None
+
+
 def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
     env = os.environ if env is None else env
     base = GatewayDefaults()
@@ -161,6 +291,9 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> OperatorSettings:
         or base.control_plane_cluster_role,
         redis_url=env.get("SERVEGATE_GATEWAY_REDIS_URL") or None,
         tls_secret=env.get("SERVEGATE_GATEWAY_TLS_SECRET") or None,
+        env=_env_list(env),
+        records_dsn_secret=_records_dsn_secret(env),
+        ca_bundle=_ca_bundle(env),
         workers=int(env.get("SERVEGATE_GATEWAY_WORKERS", 1)),
         security_context=_json_env(env, "SERVEGATE_GATEWAY_SECURITY_CONTEXT", {}),
         pod_security_context=_json_env(env, "SERVEGATE_GATEWAY_POD_SECURITY_CONTEXT", {}),

@@ -42,7 +42,7 @@ from servegate_operator.render.gateway import (
     render_service_account,
 )
 from servegate_operator.render.labels import gateway_selector
-from servegate_operator.settings import GatewayDefaults, settings_from_env
+from servegate_operator.settings import CaBundle, GatewayDefaults, SecretKey, settings_from_env
 from tests.k8s.emulator import TOKEN, running_kubernetes
 from tests.k8s.reviews import ACCESS_REVIEWS, ReviewAuthority
 
@@ -95,6 +95,12 @@ ALL_FEATURES: dict[str, Any] = {
         "authSecret": "servegate-auth",
         "controlPlane": True,
         "redisUrl": "rediss://:secret@redis.cache.svc:6380/0",
+        "env": [
+            {"name": "HTTPS_PROXY", "value": "http://proxy.corp.example:3128"},
+            {"name": "NO_PROXY", "value": ".svc,.cluster.local"},
+        ],
+        "records": {"dsnSecret": {"name": "servegate-records", "key": "dsn"}},
+        "caBundle": {"configMap": "corp-ca", "key": "ca-bundle.crt"},
     },
     "networkPolicy": {
         "enabled": True,
@@ -831,6 +837,15 @@ def test_gateway_values_reach_the_operator_settings(scenario: str) -> None:
     assert gateway.control_plane_cluster_role == CONTROL_PLANE_ROLE
     assert settings.reconcile_interval_s == values["operator"]["reconcileInterval"]
     assert env_of(scenario)["SERVEGATE_GATEWAY_REDIS_URL"] == gateway_values["redisUrl"]
+    assert list(gateway.env.items()) == [(e["name"], e["value"]) for e in gateway_values["env"]]
+    dsn_secret = gateway_values["records"]["dsnSecret"]
+    assert gateway.records_dsn_secret == (
+        SecretKey(dsn_secret["name"], dsn_secret["key"]) if dsn_secret["name"] else None
+    )
+    bundle = gateway_values["caBundle"]
+    assert gateway.ca_bundle == (
+        CaBundle("configMap", bundle["configMap"], bundle["key"]) if bundle["configMap"] else None
+    )
     pod_id = next(e for e in container(scenario)["env"] if e["name"] == "POD_ID")
     assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 

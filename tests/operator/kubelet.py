@@ -2,8 +2,10 @@
 
 It materialises each volume the way kubelet's AtomicWriter does (files in ``..<timestamp>/``,
 ``..data`` pointing at it, top-level entries as ``name -> ..data/name``), honours projected
-``items`` (key → path) and ``optional``, resolves ``env`` values and ``$(VAR)`` references,
-rewrites the container's mount paths to the local directories, and starts the container's
+``items`` (key → path) and ``optional``, resolves ``env`` values (literal, or a
+``secretKeyRef``/``configMapKeyRef`` read once, at start, as kubelet does) and ``$(VAR)``
+references, rewrites the container's mount paths (in its arguments and its literal ``env``
+values) to the local directories, and starts the container's
 own ``command`` + ``args`` with ``servegate`` mapped to this interpreter. ``update`` swaps
 ``..data`` atomically, as a ConfigMap or Secret update would.
 """
@@ -99,6 +101,26 @@ def _remove_tree(path: Path) -> None:
     path.rmdir()
 
 
+def _env_from(name: str, source: dict[str, Any], objects: Objects) -> str | None:
+    """A ``secretKeyRef`` or ``configMapKeyRef``: None when optional and missing; a
+    required one missing keeps the container from starting (CreateContainerConfigError)."""
+    (kind_ref,) = source
+    kinds = {"secretKeyRef": "Secret", "configMapKeyRef": "ConfigMap"}
+    if kind_ref not in kinds:
+        raise ValueError(f"env {name}: unsupported valueFrom {kind_ref}")
+    ref = source[kind_ref]
+    obj = objects.get((kinds[kind_ref], ref["name"]))
+    data = _data(obj) if obj is not None else {}
+    if ref["key"] in data:
+        return data[ref["key"]].decode()
+    if ref.get("optional"):
+        return None
+    raise FileNotFoundError(
+        f"env {name}: {kinds[kind_ref]} {ref['name']} key {ref['key']} is not optional "
+        "and does not exist: the container would not start"
+    )
+
+
 class Pod:
     """The container of ``deployment`` running locally under ``root``."""
 
@@ -118,7 +140,7 @@ class Pod:
             else:
                 write_atomic(local, files)
         self.args = self._args()
-        self.env = self._env()
+        self.env = self._env(objects)
 
     def update(self, objects: Objects) -> None:
         """ConfigMaps/Secrets changed: kubelet rewrites every projected volume atomically."""
@@ -129,19 +151,22 @@ class Pod:
 
     def _rebase(self, text: str) -> str:
         """Rewrite mount paths in one pass (a rebased path may itself contain ``/tmp``)."""
+        if not self.mounts:
+            return text
         alternatives = "|".join(re.escape(m) for m in sorted(self.mounts, key=len, reverse=True))
         pattern = re.compile(f"(?:{alternatives})(?=/|$)")
         return pattern.sub(lambda m: str(self.mounts[m.group(0)]), text)
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, objects: Objects) -> dict[str, str]:
         env: dict[str, str] = {}
         for var in self.container.get("env", []):
-            if "value" not in var:
-                raise ValueError(
-                    f"env {var['name']}: only literal values are used by the gateway pod"
-                )
-            env[var["name"]] = re.sub(
-                r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"]
+            if "valueFrom" in var:
+                value = _env_from(var["name"], var["valueFrom"], objects)
+                if value is not None:
+                    env[var["name"]] = value
+                continue
+            env[var["name"]] = self._rebase(
+                re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), var["value"])
             )
         env["HOME"] = str(self.root)
         return {**os.environ, **env}

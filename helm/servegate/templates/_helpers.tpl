@@ -184,6 +184,22 @@ the reason. Included once, from the operator's Deployment.
 {{- if and $gateway.controlPlane (ne $gateway.auth "kubernetes") }}
 {{- fail (printf "gateway.controlPlane needs gateway.auth kubernetes (it is %q): the gateway authorizes each REST API write with a SubjectAccessReview of the caller and writes through the API server with its ServiceAccount" $gateway.auth) }}
 {{- end }}
+{{- $envNames := dict }}
+{{- range $i, $var := $gateway.env }}
+{{- if hasPrefix "SERVEGATE_" $var.name }}
+{{- fail (printf "gateway.env[%d] %s: names starting with SERVEGATE_ are the gateway's own settings, which come from their typed values (gateway.records.dsnSecret for SERVEGATE_RECORDS_DSN, gateway.caBundle for SERVEGATE_CA_BUNDLE, gateway.redisUrl, ...)" $i $var.name) }}
+{{- end }}
+{{- if has $var.name (list "HOME" "PYTHONUNBUFFERED") }}
+{{- fail (printf "gateway.env[%d] %s: set by the operator in every gateway container" $i $var.name) }}
+{{- end }}
+{{- if hasKey $envNames $var.name }}
+{{- fail (printf "gateway.env lists %s twice" $var.name) }}
+{{- end }}
+{{- $_ := set $envNames $var.name true }}
+{{- end }}
+{{- if and $gateway.caBundle.configMap $gateway.caBundle.secret }}
+{{- fail (printf "gateway.caBundle: set configMap (%q) or secret (%q), not both" $gateway.caBundle.configMap $gateway.caBundle.secret) }}
+{{- end }}
 {{- if and .Values.networkPolicy.enabled (not .Values.watchNamespaces) (not .Values.networkPolicy.gateway.namespaces) }}
 {{- fail "networkPolicy.enabled in cluster-wide mode (watchNamespaces empty): list the namespaces whose gateway to protect in networkPolicy.gateway.namespaces (NetworkPolicies are namespaced)" }}
 {{- end }}

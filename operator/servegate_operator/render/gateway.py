@@ -23,6 +23,18 @@ exists. With it, the gateway serves HTTPS on its container port (still named ``h
 which the NetworkPolicy and the probes name; the probes say ``scheme: HTTPS``, and kubelet
 does not verify the certificate) and reloads the certificate when kubelet refreshes the
 mounted files; the Service exposes port 443 named ``https`` instead of port 80 ``http``.
+
+The records database's DSN (``records_dsn_secret``, chart value ``gateway.records.dsnSecret``)
+and the CA bundle (``ca_bundle``, ``gateway.caBundle``) are not optional either, for the same
+reason: without the DSN the gateway would write usage rows, and inference tables' request
+and response bodies, to its log instead; without the bundle it could not start its provider
+client at all. The DSN reaches the container as SERVEGATE_RECORDS_DSN through a
+``secretKeyRef``, so its password is in no object the operator writes; kubelet reads it
+when the container starts, so a changed DSN takes a restart
+(``kubectl rollout restart deployment/servegate-gateway``). The bundle's one key is mounted
+read-only at ``CA_BUNDLE_PATH`` and named by SERVEGATE_CA_BUNDLE; the gateway reads it at
+start. ``env`` (``gateway.env``: an egress proxy's HTTPS_PROXY, NO_PROXY, ...) comes last,
+plain values only.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from servegate_operator.naming import (
 )
 from servegate_operator.render.config import RenderedEndpoint
 from servegate_operator.render.labels import gateway_selector, labels
-from servegate_operator.settings import GatewayDefaults
+from servegate_operator.settings import CaBundle, GatewayDefaults
 
 GATEWAY_NAMESPACE_LABEL = "servegate.io/gateway-namespace"
 """On the review ClusterRoleBinding: the namespace whose gateway it serves."""
@@ -52,6 +64,10 @@ TLS_MOUNT = "/etc/servegate/tls"
 """Where the gateway's TLS Secret is mounted (``tls.crt`` and ``tls.key``)."""
 TLS_KEYS = ("tls.crt", "tls.key")
 """The keys of a ``kubernetes.io/tls`` Secret (cert-manager writes ``ca.crt`` beside them)."""
+CA_BUNDLE_MOUNT = "/etc/servegate/ca"
+CA_BUNDLE_FILE = "ca-bundle.pem"
+CA_BUNDLE_PATH = f"{CA_BUNDLE_MOUNT}/{CA_BUNDLE_FILE}"
+"""The CA bundle's key, whatever its name, is this file (SERVEGATE_CA_BUNDLE)."""
 
 
 def _metadata(namespace: str, component: str = "gateway") -> dict[str, Any]:
@@ -73,6 +89,35 @@ def secret_sources(refs: Sequence[SecretRef]) -> list[dict[str, Any]]:
         }
         for name, items in sorted(by_secret.items())
     ]
+
+
+def ca_bundle_volume(bundle: CaBundle) -> dict[str, Any]:
+    """The bundle's one key as ``ca-bundle.pem``; not optional; public certificates, so
+    readable by any user the container may run as."""
+    items = [{"key": bundle.key, "path": CA_BUNDLE_FILE}]
+    if bundle.source == "configMap":
+        source = {"configMap": {"name": bundle.name, "items": items, "defaultMode": 0o444}}
+    else:
+        source = {"secret": {"secretName": bundle.name, "items": items, "defaultMode": 0o444}}
+    return {"name": "ca-bundle", **source}
+
+
+def container_env(gateway: GatewayDefaults) -> list[dict[str, Any]]:
+    """The operator's own variables, the typed settings, then ``gateway.env`` in order."""
+    env: list[dict[str, Any]] = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if gateway.redis_url:
+        env.append({"name": "SERVEGATE_REDIS_URL", "value": gateway.redis_url})
+    if gateway.records_dsn_secret is not None:
+        # A reference only (see the module docstring): not optional.
+        ref = {"name": gateway.records_dsn_secret.name, "key": gateway.records_dsn_secret.key}
+        env.append({"name": "SERVEGATE_RECORDS_DSN", "valueFrom": {"secretKeyRef": ref}})
+    if gateway.ca_bundle is not None:
+        env.append({"name": "SERVEGATE_CA_BUNDLE", "value": CA_BUNDLE_PATH})
+    env += [{"name": name, "value": value} for name, value in gateway.env.items()]
+    return env
 
 
 def render_deployment(
@@ -138,6 +183,9 @@ def render_deployment(
             }
         )
         scheme = {"scheme": "HTTPS"}
+    if gateway.ca_bundle is not None:
+        mounts.append({"name": "ca-bundle", "mountPath": CA_BUNDLE_MOUNT, "readOnly": True})
+        volumes.append(ca_bundle_volume(gateway.ca_bundle))
     probe = {"httpGet": {"path": "/readyz", "port": "http", **scheme}, "periodSeconds": 5}
     container = {
         "name": "gateway",
@@ -146,15 +194,7 @@ def render_deployment(
         "command": ["servegate"],
         "args": args,
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
-        "env": [
-            {"name": "PYTHONUNBUFFERED", "value": "1"},
-            {"name": "HOME", "value": "/tmp"},
-            *(
-                [{"name": "SERVEGATE_REDIS_URL", "value": gateway.redis_url}]
-                if gateway.redis_url
-                else []
-            ),
-        ],
+        "env": container_env(gateway),
         "readinessProbe": {**probe, "failureThreshold": 2},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http", **scheme},
