@@ -32,7 +32,7 @@ from servegate.records.writer import RecordWriter
 from servegate.reload import publish_readiness, watcher_context
 from servegate.secretstore import SecretStore
 from servegate.streaming.relay import ActiveStreams, active_streams_key
-from servegate.transport.client import Timeouts, UpstreamClient
+from servegate.transport.client import MAX_RESPONSE_BYTES, Timeouts, UpstreamClient
 from servegate.transport.credentials import DEFAULT_AUTHORITY_HOST, CredentialRegistry
 
 
@@ -69,6 +69,8 @@ class GatewaySettings:
     metrics_requester_labels: bool = False
     ca_bundle: Path | None = None
     """Extra CA certificates (PEM) trusted for upstream TLS, beside the system's."""
+    max_upstream_response: int = MAX_RESPONSE_BYTES
+    """The most a provider may send as one answer (a unary body, or one stream event)."""
     state_dir: Path | None = None
     """Where endpoints created through the REST API are stored (None: the API is read-only)."""
     control_plane: Literal["kubernetes"] | None = None
@@ -159,7 +161,11 @@ def create_app(settings: GatewaySettings) -> web.Application:
         app[keys.judge] = Judge(
             ask_endpoint(app, settings.guardrail_judge), style=settings.guardrail_judge_style
         )
-    app[keys.upstream_client] = UpstreamClient(settings.timeouts, ca_bundle=settings.ca_bundle)
+    app[keys.upstream_client] = UpstreamClient(
+        settings.timeouts,
+        ca_bundle=settings.ca_bundle,
+        max_response_bytes=settings.max_upstream_response,
+    )
     app[keys.rate_limiter] = RateLimiter(
         settings.redis_url,
         on_error=settings.rate_limit_failure,

@@ -19,7 +19,7 @@ from servegate.server import ListenError, TLSConfigError, run_gateway, run_loop,
 from servegate.simulators.ports import EXAMPLE_PORTS
 from servegate.spec.manifest import load_manifests
 from servegate.spec.schema import print_crd
-from servegate.transport.client import Timeouts
+from servegate.transport.client import MAX_RESPONSE_BYTES, Timeouts
 from servegate.transport.credentials import DEFAULT_AUTHORITY_HOST
 
 log = logging.getLogger("servegate")
@@ -154,6 +154,14 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         "CA, a TLS-inspecting egress proxy); upstream TLS is always verified",
     )
     parser.add_argument(
+        "--max-upstream-response",
+        type=_mebibytes,
+        default=MAX_RESPONSE_BYTES,
+        metavar="MIB",
+        help="the most a provider may send as one answer, a unary body or one stream event "
+        f"(default {MAX_RESPONSE_BYTES // 1048576}); more is a 502",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=os.environ.get("SERVEGATE_STATE_DIR") or None,
@@ -242,6 +250,17 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _mebibytes(value: str) -> int:
+    """A size in MiB (fractions allowed: 0.5 is 512 KiB) as bytes."""
+    try:
+        mib = float(value)
+    except ValueError:
+        mib = float("nan")
+    if not 0 < mib <= 1024:
+        raise argparse.ArgumentTypeError(f"not a size in MiB between 0 and 1024: {value!r}")
+    return int(mib * 1048576)
+
+
 def _default_drain_delay() -> float:
     """5 s in a Kubernetes pod (the kubelet sets KUBERNETES_SERVICE_HOST in every
     container): time for the endpoint removal to reach every node. Elsewhere 0."""
@@ -318,6 +337,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         guardrail_judge_style=args.guardrail_judge_style,
         metrics_requester_labels=args.metrics_requester_labels,
         ca_bundle=args.ca_bundle,
+        max_upstream_response=args.max_upstream_response,
         state_dir=args.state_dir,
         control_plane=args.control_plane,
         manage_group=args.manage_group,

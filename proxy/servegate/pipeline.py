@@ -27,7 +27,13 @@ from servegate import keys
 from servegate.canonical.requests import QueryRequest, parse_query
 from servegate.canonical.usage import estimate_tokens
 from servegate.config import EndpointRuntime, EntityRuntime, RuntimeConfig
-from servegate.ingress.errors import BadRequest, EndpointNotReady, GatewayError, NotFound
+from servegate.ingress.errors import (
+    BadRequest,
+    EndpointNotReady,
+    GatewayError,
+    NotFound,
+    UpstreamFault,
+)
 from servegate.ingress.middleware import authorize
 from servegate.policy.guardrails.engine import (
     GuardrailBlocked,
@@ -47,8 +53,9 @@ from servegate.records.metrics import Observation
 from servegate.records.recorder import RequestRecord, received_now
 from servegate.routing.fallback import attempt_order, falls_back
 from servegate.spec.endpoint import Task
-from servegate.streaming.relay import relay_stream
+from servegate.streaming.relay import active_streams_key, relay_stream
 from servegate.streaming.tap import StreamTap
+from servegate.transport.client import expect_content_type
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +117,9 @@ async def answer_query(
         status = error.status
         if isinstance(error, GuardrailBlocked) and watch.record is not None:
             watch.record.response_body = orjson.dumps(error.body())
+        raise
+    except ConnectionResetError:
+        status = 499
         raise
     finally:
         _recorded(app, endpoint, watch, status)
@@ -243,11 +253,18 @@ async def _attempt(
         provider.check(query)
         upstream_request = await provider.authorize(provider.build_request(query))
         upstream_started = time.perf_counter()
-        upstream = await client.send(upstream_request, provider.name, deadline=deadline)
-        if upstream.status >= 400:
-            raise provider.error(
-                upstream.status, await client.read_body(upstream, provider.name), upstream.headers
-            )
+        # A client that goes away while we wait cancels the upstream request (ClientGone).
+        async with app[active_streams_key].watch(request):
+            upstream = await client.send(upstream_request, provider.name, deadline=deadline)
+            if upstream.status >= 400:
+                raise provider.error(
+                    upstream.status,
+                    await client.read_body(upstream, provider.name, deadline=deadline),
+                    upstream.headers,
+                )
+            if not query.stream:
+                expect_content_type(upstream, provider.name)
+                body = await client.read_body(upstream, provider.name, deadline=deadline)
         headers = {"served-model-name": entity.name}
         if query.stream:
             tap = watch.tap(query.task)
@@ -259,6 +276,7 @@ async def _attempt(
                 provider=provider.name,
                 headers=headers,
                 tap=tap,
+                deadline=deadline,
             )
             status, usage, first_frame_at = outcome.status, outcome.usage, outcome.first_frame_at
             if status >= 400 and status != 499:  # failed after content reached the client
@@ -266,7 +284,7 @@ async def _attempt(
             request[keys.access].status = status
             watch.answered(tap, None)
             return outcome.response
-        translated = provider.parse_response(query, await client.read_body(upstream, provider.name))
+        translated = provider.parse_response(query, body)
         status, usage = 200, translated.usage
         payload = translated.raw if translated.raw is not None else orjson.dumps(translated.body)
         if watch.record is not None:
@@ -274,6 +292,11 @@ async def _attempt(
         return web.Response(body=payload, content_type="application/json", headers=headers)
     except GatewayError as error:
         status = error.status
+        if isinstance(error, UpstreamFault) and error.provider is None:
+            error.provider = provider.name  # raised by a converter that did not name it
+        raise
+    except ConnectionResetError:
+        status = 499  # the client went away first (nginx's code for it)
         raise
     finally:
         in_flight.dec()
@@ -377,7 +400,9 @@ def ask_endpoint(
         upstream_request = await provider.authorize(provider.build_request(query))
         deadline = time.monotonic() + client.timeouts.first_byte
         upstream = await client.send(upstream_request, provider.name, deadline=deadline)
-        body = await client.read_body(upstream, provider.name)
+        if upstream.status < 400:
+            expect_content_type(upstream, provider.name)
+        body = await client.read_body(upstream, provider.name, deadline=deadline)
         if upstream.status >= 400:
             raise provider.error(upstream.status, body, upstream.headers)
         translated = provider.parse_response(query, body)

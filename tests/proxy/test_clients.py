@@ -200,10 +200,14 @@ def test_databricks_sdk_errors(env: Env, workspace_client: WorkspaceClient) -> N
             name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")]
         )
     env.fault(model="gpt-4o-mini", latency_ms=2500)
-    with pytest.raises(dberrors.DeadlineExceeded):
+    with pytest.raises(dberrors.DeadlineExceeded) as timed_out:
         workspace_client.serving_endpoints.query(
             name="chat", messages=[ChatMessage(role=ChatMessageRole.USER, content="x")]
         )
+    # The SDK parses the fault's details: which failure it was, and which provider.
+    [info] = timed_out.value.get_error_info()
+    assert info.reason == "UPSTREAM_TIMEOUT"
+    assert info.metadata["external_model_provider"] == "openai"
 
 
 # ---------------------------------------------------------------- mlflow.deployments

@@ -309,10 +309,21 @@ def wait_for(check: Callable[[], bool], within: float, what: str) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("gate_after", [0, 2], ids=["before-first-event", "mid-stream"])
+@pytest.mark.parametrize(
+    ("stream", "gate_after"),
+    [(False, 0), (True, 0), (True, 2)],
+    ids=["unary-before-headers", "stream-before-first-event", "stream-mid-way"],
+)
 def test_vanished_client_cancels_the_upstream_at_once(
-    gateway: GatewayProcess, upstreams: Upstreams, background_loop: BackgroundLoop, gate_after: int
+    gateway: GatewayProcess,
+    upstreams: Upstreams,
+    background_loop: BackgroundLoop,
+    stream: bool,
+    gate_after: int,
 ) -> None:
+    """A unary answer parks on the gate before its headers (the provider still thinking); a
+    stream parks after ``gate_after`` events. Either way the gateway notices the client
+    leave and cancels the upstream request within its 100 ms check."""
     loop = background_loop
     loop.run(http_call("DELETE", upstreams.sim + "/_sim/streams"))
     fault = {"model": "gpt-4o-mini", "gate": "held", "gate_after": gate_after, "times": 1}
@@ -324,7 +335,9 @@ def test_vanished_client_cancels_the_upstream_at_once(
 
     sock = connect(gateway.url)
     try:
-        send_query(sock, "chat", {"messages": [{"role": "user", "content": "hi"}], "stream": True})
+        send_query(
+            sock, "chat", {"messages": [{"role": "user", "content": "hi"}], "stream": stream}
+        )
         if gate_after:
             read_until(sock, b"data: ")  # the client is reading the stream
         wait_for(parked, 10, "the simulator's stream parked on its gate")

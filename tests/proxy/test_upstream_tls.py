@@ -52,7 +52,10 @@ async def test_an_untrusted_provider_certificate_is_a_502(
     assert resp.status == 502
     body = await resp.json()
     assert body["error_code"] == "TEMPORARILY_UNAVAILABLE"
-    assert "certificate" in body["message"].lower()
+    assert "its TLS certificate could not be verified" in body["message"]
+    [info] = body["details"]
+    assert info["reason"] == "UPSTREAM_UNREACHABLE"
+    assert info["metadata"]["external_model_provider"] == "openai"
 
 
 async def test_a_ca_bundle_makes_a_private_ca_trusted(

@@ -246,6 +246,10 @@ async def test_clearing_faults_releases_parked_streams(sim: TestClient[Any, Any]
         ({"times": 0}, "'times' must be an integer >= 1"),
         ({"gate_after": 2}, "'gate_after' needs 'gate'"),
         ({"headers": {"Retry-After": 3}}, "'headers' must be an object of string values"),
+        ({"hang_up": "yes"}, "'malformed' and 'hang_up' must be booleans"),
+        ({"pad_bytes": -1}, "'pad_bytes' must be an integer >= 0"),
+        ({"drip_ms": "slow"}, "'drip_ms' must be a number >= 0"),
+        ({"content_type": ""}, "'content_type' must be a non-empty string"),
         ([], "the fault must be a JSON object"),
     ],
 )
@@ -292,3 +296,43 @@ async def test_rejected_requests_are_recorded_too(sim: TestClient[Any, Any]) -> 
 
     assert recorded[0]["json"] is None
     assert recorded[0]["headers"]["authorization"] == "x"
+
+
+async def test_hang_up_closes_the_connection_before_any_response(
+    sim: TestClient[Any, Any], sdk: openai.AsyncOpenAI
+) -> None:
+    await add_fault(sim, hang_up=True, times=1)
+    with pytest.raises(openai.APIConnectionError):
+        await chat(sdk)
+    assert await chat(sdk)  # the fault was used up
+
+
+async def test_content_type_and_padding_change_the_wire_not_the_answer(
+    sim: TestClient[Any, Any],
+) -> None:
+    await add_fault(sim, content_type="text/html", pad_bytes=1000, times=1)
+    resp = await sim.post(
+        "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}, headers=AUTH
+    )
+    raw = await resp.read()
+    assert resp.headers["Content-Type"] == "text/html"
+    assert raw.endswith(b" " * 1000)
+    assert json.loads(raw)["choices"][0]["message"]["content"]
+    await add_fault(sim, pad_bytes=1000, times=1)
+    resp = await sim.post("/v1/chat/completions", json=stream_body(), headers=AUTH)
+    first = (await resp.read()).split(b"\n\n")[0]
+    assert first.endswith(b"} " + b" " * 999)
+    assert json.loads(first.removeprefix(b"data: "))["object"] == "chat.completion.chunk"
+
+
+async def test_drip_sends_the_answer_a_byte_at_a_time(sim: TestClient[Any, Any]) -> None:
+    await add_fault(sim, drip_ms=1, times=1)
+    resp = await sim.post(
+        "/v1/chat/completions", json={"model": "m", "messages": MESSAGES}, headers=AUTH
+    )
+    pieces = []
+    while piece := await resp.content.readany():
+        pieces.append(piece)
+    body = b"".join(pieces)
+    assert json.loads(body)["object"] == "chat.completion"
+    assert len(pieces) > 10  # arrived in many small reads, not one

@@ -12,8 +12,10 @@ The tree::
     ├── EndpointNotReady              503 TEMPORARILY_UNAVAILABLE
     ├── UpstreamError                 the provider's own status, its body wrapped as
     │                                 {"external_model_provider", "external_model_error"}
-    ├── UpstreamTimeout               504 DEADLINE_EXCEEDED
-    ├── UpstreamUnavailable           502 TEMPORARILY_UNAVAILABLE (connection refused, bad body)
+    ├── UpstreamFault                 the provider failed without an error answer of its own
+    │   ├── UpstreamTimeout           504 DEADLINE_EXCEEDED
+    │   └── UpstreamUnavailable       502 TEMPORARILY_UNAVAILABLE (connection refused or lost,
+    │                                 a body that is not what the provider documents)
     └── InternalError                 500 INTERNAL_ERROR
 
 The codes are the ones databricks-sdk, MLflow and the OpenAI SDK already map
@@ -130,12 +132,67 @@ class EndpointNotReady(GatewayError):
     error_code = "TEMPORARILY_UNAVAILABLE"
 
 
-class UpstreamTimeout(GatewayError):
+class UpstreamFault(GatewayError):
+    """The provider failed without answering an error of its own: it could not be reached,
+    went silent, hung up, or sent something that is not what it documents.
+
+    There is no provider body to wrap (that is :class:`UpstreamError`), so the details go
+    in the error format's ``details`` list, as one ``google.rpc.ErrorInfo`` (the shape the
+    platform's SDKs parse): ``reason`` is a stable code (:data:`FAULT_REASONS`) and
+    ``metadata`` names the ``external_model_provider`` and the ``external_model_error``.
+    The provider's name is filled in by the routing stage when the raiser did not know it.
+    """
+
+    reason: str = "UPSTREAM_BAD_RESPONSE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        provider: str | None = None,
+        status: int | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, status=status, retry_after=retry_after)
+        if reason is not None:
+            self.reason = reason
+        self.provider = provider
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        if self.provider is not None:
+            body["details"] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": self.reason,
+                    "domain": "servegate.io",
+                    "metadata": {
+                        "external_model_provider": self.provider,
+                        "external_model_error": self.message,
+                    },
+                }
+            ]
+        return body
+
+
+#: ``UpstreamFault.reason`` values, documented in docs/errors.md.
+FAULT_REASONS = (
+    "UPSTREAM_UNREACHABLE",  # connection refused, DNS, TLS handshake or verification failed
+    "UPSTREAM_CONNECTION_LOST",  # the connection broke before the response was complete
+    "UPSTREAM_TIMEOUT",  # no response, or not all of it, within the deadline
+    "UPSTREAM_BAD_RESPONSE",  # malformed JSON or event, a wrong content type, unknown shape
+    "UPSTREAM_RESPONSE_TOO_LARGE",  # a body or one stream event over the size cap
+)
+
+
+class UpstreamTimeout(UpstreamFault):
     status = 504
     error_code = "DEADLINE_EXCEEDED"
+    reason = "UPSTREAM_TIMEOUT"
 
 
-class UpstreamUnavailable(GatewayError):
+class UpstreamUnavailable(UpstreamFault):
     status = 502
     error_code = "TEMPORARILY_UNAVAILABLE"
 

@@ -226,6 +226,8 @@ class AI21Stream(StreamTranslator):
     client still gets a normal error response.
     """
 
+    content_types = frozenset({"application/json"})
+
     def __init__(self, provider: AI21Provider, *, include_usage: bool) -> None:
         self._provider = provider
         self._include_usage = include_usage

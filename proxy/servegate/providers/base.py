@@ -112,6 +112,10 @@ class StreamTranslator(ABC):
     """
 
     usage: Usage | None = None
+    content_types: ClassVar[frozenset[str]] = frozenset({"text/event-stream"})
+    """The media types the provider streams this format in; a 200 of any other type (a
+    whole JSON answer from a server that ignored ``stream``, an HTML page from a proxy)
+    is refused with a 502 before anything is read."""
 
     @abstractmethod
     def feed(self, chunk: bytes) -> list[bytes]: ...

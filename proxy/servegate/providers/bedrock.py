@@ -312,6 +312,8 @@ def error_type(headers: Mapping[str, str], body: bytes) -> str | None:
 class BedrockStream(StreamTranslator):
     """Event-stream frames in, OpenAI SSE chunks out; usage from the stream's own counts."""
 
+    content_types = frozenset({"application/vnd.amazon.eventstream"})
+
     def __init__(self, provider: BedrockProvider, query: QueryRequest, *, invoke: bool) -> None:
         self._provider = provider
         self._invoke = invoke

@@ -394,6 +394,8 @@ class ChatStream(_CohereStream):
 class GenerateStream(_CohereStream):
     """Generate's newline-delimited JSON → OpenAI completion chunks; ``stream-end`` ends it."""
 
+    content_types = frozenset({"application/stream+json", "application/x-ndjson"})
+
     def __init__(self, provider: CohereProvider, query: QueryRequest) -> None:
         super().__init__(provider, query)
         self._buffer = b""

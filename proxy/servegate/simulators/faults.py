@@ -25,6 +25,8 @@ control API under ``/_sim/`` (never part of any provider's real surface):
     client does not read (TCP backpressure), so ``sent`` shows how far a slow client let
     the stream get. A client that goes away is noticed at the next write, or at once when
     the app is served with ``handler_cancellation=True`` (as a real provider would).
+    A JSON answer parked on a gate is listed too (``events`` 0, ``state`` ``streaming``
+    while it waits), so a test can see a client give up on it.
 
 State lives on the app under a typed :class:`aiohttp.web.AppKey`, never in globals,
 so any number of simulators can run in one process.
@@ -86,11 +88,20 @@ class Fault:
       dropped without ``[DONE]`` or the chunked terminator; a JSON answer announces
       its full ``Content-Length``, sends half, and drops the connection.
     * ``malformed``: a JSON answer loses its closing bracket; a stream gets an extra
-      ``data:`` line that is not JSON right after its first event.
+      ``data:`` line that is not JSON right after its first event (``chunk_delay_ms``
+      after it, when set).
     * ``gate`` / ``gate_after``: a stream sends ``gate_after`` events, then waits for
       the gate to open; a JSON answer waits before its headers.
     * ``chunk_delay_ms``: a stream waits this long before each event after the first
       (a model generating slowly), so streams stay in flight for a while.
+    * ``content_type``: the answer is sent with this ``Content-Type`` instead (an HTML
+      error page from a proxy, a JSON answer to a stream request).
+    * ``drip_ms``: a slow-drip (slowloris) upstream: the answer's bytes go out one at a
+      time, this long apart, after the headers.
+    * ``pad_bytes``: a JSON answer gets this many spaces after it (still valid JSON); a
+      stream's first event gets them inside its ``data:`` line (an oversized event).
+    * ``hang_up``: the connection is closed at once, before any response (a crash, or an
+      idle connection the server dropped just as it was reused).
     """
 
     id: str
@@ -104,6 +115,10 @@ class Fault:
     gate: str | None = None
     gate_after: int = 0
     chunk_delay_ms: float = 0.0
+    content_type: str | None = None
+    drip_ms: float = 0.0
+    pad_bytes: int = 0
+    hang_up: bool = False
     times: int | None = None
 
     @property
@@ -123,6 +138,10 @@ class Fault:
             "gate": self.gate,
             "gate_after": self.gate_after,
             "chunk_delay_ms": self.chunk_delay_ms,
+            "content_type": self.content_type,
+            "drip_ms": self.drip_ms,
+            "pad_bytes": self.pad_bytes,
+            "hang_up": self.hang_up,
             "times": self.times,
         }
 
@@ -172,8 +191,9 @@ def parse_fault(spec: object, fault_id: str) -> Fault:
     latency = _ms_field(spec, "latency_ms")
     chunk_delay = _ms_field(spec, "chunk_delay_ms")
     malformed = spec.get("malformed", False)
-    if not isinstance(malformed, bool):
-        raise FaultSpecError("'malformed' must be a boolean")
+    hang_up = spec.get("hang_up", False)
+    if not isinstance(malformed, bool) or not isinstance(hang_up, bool):
+        raise FaultSpecError("'malformed' and 'hang_up' must be booleans")
     gate = _str_field(spec, "gate")
     gate_after = _int_field(spec, "gate_after", minimum=0)
     if gate_after is not None and gate is None:
@@ -190,6 +210,10 @@ def parse_fault(spec: object, fault_id: str) -> Fault:
         gate=gate,
         gate_after=gate_after or 0,
         chunk_delay_ms=chunk_delay,
+        content_type=_str_field(spec, "content_type"),
+        drip_ms=_ms_field(spec, "drip_ms"),
+        pad_bytes=_int_field(spec, "pad_bytes", minimum=0) or 0,
+        hang_up=hang_up,
         times=_int_field(spec, "times", minimum=1),
     )
 

@@ -18,6 +18,7 @@ zero-length chunk).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -91,24 +92,52 @@ def _cut(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
     return resp
 
 
+def _padded(frame: bytes, pad: int) -> bytes:
+    """``frame`` with ``pad`` spaces before its line ends: still the same event, only bigger."""
+    body = frame.rstrip(b"\r\n")
+    return body + b" " * pad + frame[len(body) :]
+
+
+async def _drip(resp: web.StreamResponse, data: bytes, delay: float) -> None:
+    """Write ``data`` a byte at a time, ``delay`` apart (a slowloris upstream)."""
+    for i in range(len(data)):
+        await resp.write(data[i : i + 1])
+        await asyncio.sleep(delay)
+
+
 async def _send_json(
-    request: web.Request, reply: JsonReply, fault: Fault | None
+    request: web.Request, reply: JsonReply, fault: Fault | None, model: str | None
 ) -> web.StreamResponse:
     payload = orjson.dumps(reply.body)
     if fault is not None and fault.malformed:
         payload = payload[:-1]  # valid JSON minus its closing bracket: not JSON any more
+    if fault is not None and fault.pad_bytes:
+        payload = _padded(payload, fault.pad_bytes)
     if fault is not None and fault.gate is not None:
-        await control_of(request.app).gate(fault.gate).wait()
+        control = control_of(request.app)
+        log = control.stream_started(request.path, model, 0)  # so a test sees it parked
+        try:
+            await control.gate(fault.gate).wait()
+        except asyncio.CancelledError:  # served with handler_cancellation: the client left
+            log["state"] = "client_gone"
+            raise
+        log["state"] = "done"
     headers = {**reply.headers, **(fault.headers if fault else {})}
-    if fault is None or fault.stream_cut_after is None:
+    content_type = (fault.content_type if fault else None) or "application/json"
+    if fault is None or (fault.stream_cut_after is None and not fault.drip_ms):
         whole = web.Response(status=reply.status, body=payload, headers=headers)
-        whole.content_type = "application/json"
+        whole.headers["Content-Type"] = content_type
         return whole
-    # A non-streaming "cut": announce the full length, send half, hang up.
     resp = web.StreamResponse(status=reply.status, headers=headers)
-    resp.content_type = "application/json"
+    resp.headers["Content-Type"] = content_type
     resp.content_length = len(payload)
     await resp.prepare(request)
+    if fault.drip_ms:
+        with contextlib.suppress(ConnectionError):
+            await _drip(resp, payload, fault.drip_ms / 1000)
+            await resp.write_eof()
+        return resp
+    # A non-streaming "cut": announce the full length, send half, hang up.
     await resp.write(payload[: len(payload) // 2])
     return _cut(request, resp)
 
@@ -117,7 +146,7 @@ async def _send_stream(
     request: web.Request, reply: StreamReply, fault: Fault | None, model: str | None
 ) -> web.StreamResponse:
     headers = {
-        "Content-Type": reply.content_type,
+        "Content-Type": (fault.content_type if fault else None) or reply.content_type,
         "Cache-Control": "no-cache",
         **reply.headers,
         **(fault.headers if fault else {}),
@@ -129,11 +158,17 @@ async def _send_stream(
     cut_after = fault.stream_cut_after if fault else None
     delay = fault.chunk_delay_ms / 1000 if fault else 0.0
     in_band = reply.in_band(fault)
-    frames = reply.encoded()
+    frames = list(reply.encoded())
+    if fault is not None and fault.pad_bytes and frames:
+        frames[0] = _padded(frames[0], fault.pad_bytes)
+    drip = fault.drip_ms / 1000 if fault else 0.0
     log = control.stream_started(request.path, model, len(frames))
 
     async def write(data: bytes) -> None:
-        await resp.write(data)  # blocks while the client does not read
+        if drip:
+            await _drip(resp, data, drip)
+        else:
+            await resp.write(data)  # blocks while the client does not read
         log["sent"] += 1
         log["bytes"] += len(data)
 
@@ -151,6 +186,8 @@ async def _send_stream(
                 break
             await write(frame)
             if sent == 0 and fault is not None and fault.malformed:
+                if delay:  # apart from the first event, so it cannot arrive in its read
+                    await asyncio.sleep(delay)
                 bad = reply.malformed
                 await resp.write(bad(frame) if callable(bad) else bad)
         if gate is not None:  # gate_after >= number of events: park before the end
@@ -182,6 +219,8 @@ async def deliver(
     fault = control.take_fault(model)
     if fault is not None and fault.latency_ms:
         await asyncio.sleep(fault.latency_ms / 1000)
+    if fault is not None and fault.hang_up:
+        return _cut(request, web.Response(status=500))
     in_band = isinstance(reply, StreamReply) and reply.in_band(fault) is not None
     if fault is not None and fault.overrides_response and not in_band:
         status = fault.status if fault.status is not None else 200
@@ -195,4 +234,4 @@ async def deliver(
         reply = reply()
     if isinstance(reply, StreamReply):
         return await _send_stream(request, reply, fault, model)
-    return await _send_json(request, reply, fault)
+    return await _send_json(request, reply, fault, model)

@@ -15,6 +15,8 @@ A client that goes away is noticed while the relay waits for the upstream too, n
 the next write: the app's ``ActiveStreams`` checks every relayed stream's client connection
 every 100 ms and closes the upstream response of one whose client has gone, so the provider
 sees its request cancelled at once (and stops generating tokens nobody reads). The same
+check covers the wait before a stream starts and a whole unary answer
+(:meth:`ActiveStreams.watch`): the upstream request is cancelled, its connection closed. The same
 registry ends every stream still running when the shutdown's grace period is over, with the
 error event above (``TEMPORARILY_UNAVAILABLE``) and ``data: [DONE]``: the client learns the
 stream was cut rather than receiving a body that just stops.
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,7 +41,12 @@ from servegate.ingress.errors import GatewayError
 from servegate.providers.base import StreamTranslator
 from servegate.streaming.sse import DONE_FRAME, encode_data
 from servegate.streaming.tap import StreamTap
-from servegate.transport.client import UpstreamClient
+from servegate.transport.client import (
+    AnswerDeadline,
+    UpstreamClient,
+    expect_content_type,
+    response_too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,10 @@ class StreamOutcome:
     usage: Usage | None
     first_frame_at: float | None = None
     """``perf_counter`` when the first frame reached the client (time to first token)."""
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed its connection while the gateway waited for the provider."""
 
 
 class ShuttingDown(GatewayError):
@@ -84,8 +96,12 @@ class _Relayed:
             self.upstream.close()
 
     def client_gone(self) -> bool:
-        transport = self.request.transport
-        return transport is None or transport.is_closing()
+        return _closed(self.request)
+
+
+def _closed(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 class ActiveStreams:
@@ -99,8 +115,33 @@ class ActiveStreams:
 
     def __init__(self) -> None:
         self._streams: set[_Relayed] = set()
+        self._waits: dict[asyncio.Task[object], web.Request] = {}
+        self._gone: set[asyncio.Task[object]] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+
+    @contextlib.asynccontextmanager
+    async def watch(self, request: web.Request) -> AsyncIterator[None]:
+        """Cancel the body of this ``async with`` if the client goes away meanwhile, and
+        raise :class:`ClientGone` instead: an upstream request waited on inside it is
+        cancelled, which closes its connection (the provider sees the cancel)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._waits[task] = request
+        self._ensure_polling()
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task not in self._gone or task.uncancel() > 0:
+                raise  # cancelled by someone else (shutdown): not ours to swallow
+            raise ClientGone("The client disconnected.") from None
+        finally:
+            del self._waits[task]
+            self._gone.discard(task)
+
+    def _ensure_polling(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def add(self, request: web.Request, upstream: aiohttp.ClientResponse) -> _Relayed:
         relayed = _Relayed(request, upstream)
@@ -108,8 +149,7 @@ class ActiveStreams:
             relayed.end("shutdown")
             return relayed
         self._streams.add(relayed)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
+        self._ensure_polling()
         return relayed
 
     def remove(self, relayed: _Relayed) -> None:
@@ -125,11 +165,15 @@ class ActiveStreams:
 
     async def _watch(self) -> None:
         try:
-            while self._streams:
+            while self._streams or self._waits:
                 await asyncio.sleep(self.POLL_S)
                 for relayed in list(self._streams):
                     if relayed.ended is None and relayed.client_gone():
                         relayed.end("client")
+                for task, request in list(self._waits.items()):
+                    if task not in self._gone and _closed(request):
+                        self._gone.add(task)
+                        task.cancel()
         finally:
             self._task = None
 
@@ -155,25 +199,40 @@ async def relay_stream(
     provider: str,
     headers: dict[str, str],
     tap: StreamTap | None = None,
+    deadline: float | None = None,
 ) -> StreamOutcome:
     """Relay a 200 upstream stream. Errors before the first frame propagate as GatewayError.
 
-    ``tap`` (streaming/tap.py) sees every frame and may rewrite it (output guardrails)."""
+    ``tap`` (streaming/tap.py) sees every frame and may rewrite it (output guardrails).
+    ``deadline`` (``time.monotonic()``) bounds the wait for the first frame; after it,
+    only the idle timeout applies. Bytes that produce no frame are bounded too: more than
+    the client's ``max_response_bytes`` of them (one endless event, a whole-body format
+    that never ends) fail the stream rather than fill memory."""
     response: web.StreamResponse | None = None
     status = 200
     first_frame_at: float | None = None
     streams = request.app.get(active_streams_key)
     relayed = streams.add(request, upstream) if streams is not None else None
+    answer_by = AnswerDeadline(deadline)
+    pending, cap = 0, client.max_response_bytes
     try:
-        async for chunk in client.iter_body(upstream, provider):
+        expect_content_type(upstream, provider, translator.content_types)
+        async for chunk in client.iter_body(upstream, provider, answer_by=answer_by):
             frames = translator.feed(chunk)
-            if tap is not None and frames:
-                frames = tap.frames(frames)
             if not frames:
+                pending += len(chunk)
+                if pending > cap:
+                    raise response_too_large(provider, cap)
                 continue
+            pending = 0
+            if tap is not None:
+                frames = tap.frames(frames)
+                if not frames:
+                    continue
             if response is None:
                 response = await _start(request, headers)
                 first_frame_at = time.perf_counter()
+                answer_by.at = None
             # One write per upstream read: the frames that arrived together leave together.
             await response.write(b"".join(frames))
         frames = translator.finish()
