@@ -50,6 +50,9 @@ class AzureOpenAIProvider(OpenAIFormatProvider):
     def auth_headers(self) -> Mapping[str, str]:
         return self._headers
 
+    def live_secrets(self) -> tuple[str, ...]:
+        return self._token_source.recent_tokens() if self._token_source is not None else ()
+
     async def authorize(self, request: UpstreamRequest) -> UpstreamRequest:
         if self._token_source is None:
             return request

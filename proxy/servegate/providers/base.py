@@ -15,7 +15,7 @@ import functools
 import logging
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
@@ -135,9 +135,19 @@ class Provider(ABC):
 
     def __init__(self, model: ExternalModel, secrets: Mapping[str, str]) -> None:
         self.model = model
-        self._secret_values = tuple(
-            sorted({v for v in secrets.values() if v}, key=len, reverse=True)
-        )
+        self._secret_values: tuple[str, ...] = ()
+        self.add_secret_values(secrets.values())
+
+    def add_secret_values(self, values: Iterable[str]) -> None:
+        """More values to scrub from upstream errors: parts of a credential that a provider
+        could echo on their own (a service-account key's PEM and key id)."""
+        merged = {*self._secret_values, *(v for v in values if v)}
+        self._secret_values = tuple(sorted(merged, key=len, reverse=True))
+
+    def live_secrets(self) -> tuple[str, ...]:
+        """Credentials fetched at request time (OAuth access tokens), scrubbed like the
+        configured ones; the upstream sees them, so it can echo them."""
+        return ()
 
     def check(self, query: QueryRequest) -> None:
         if query.task not in self.tasks:
@@ -177,17 +187,48 @@ class Provider(ABC):
         return status
 
     def decode_error_body(self, body: bytes) -> Any:
-        text = self.redact(body.decode("utf-8", "replace"))
+        text = body.decode("utf-8", "replace")
         try:
-            return orjson.loads(text)
+            data = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return text[:2000]
+            return self.redact(text)[:2000]
+        # JSON is scrubbed decoded: escapes would hide a value from a scan of the text (an
+        # echoed PEM's newlines are "\n"; "\/" or "\u0041" can spell any key).
+        return self._redact_decoded(data)
 
     def redact(self, text: str) -> str:
         """Providers sometimes echo credentials in errors; never pass them on."""
-        for value in self._secret_values:
+        values = self._secret_values
+        live = self.live_secrets()
+        if live:
+            values = tuple(sorted({*values, *live}, key=len, reverse=True))
+        for value in values:
             text = text.replace(value, REDACTED)
         return text
+
+    def _redact_decoded(self, data: Any) -> Any:
+        """``redact`` every string (keys too) of decoded JSON, in place. A loop, not
+        recursion: orjson decodes nesting deeper than Python's recursion limit."""
+        pending: list[dict[Any, Any] | list[Any]] = []
+
+        def scrub(item: Any) -> Any:
+            if isinstance(item, str):
+                return self.redact(item)
+            if isinstance(item, dict | list):
+                pending.append(item)
+            return item
+
+        data = scrub(data)
+        while pending:
+            node = pending.pop()
+            if isinstance(node, list):
+                node[:] = [scrub(item) for item in node]
+                continue
+            entries = list(node.items())
+            node.clear()
+            for key, item in entries:
+                node[scrub(key)] = scrub(item)
+        return data
 
     @staticmethod
     def load_json(body: bytes, provider: str) -> dict[str, Any]:

@@ -121,6 +121,7 @@ class VertexProvider(Provider):
             raise ValueError(f"provider '{NAME}' needs google_cloud_vertex_ai_config")
         registry = credentials if credentials is not None else CredentialRegistry()
         self._tokens = registry.google(secrets["private_key"])
+        self.add_secret_values(_key_parts(secrets["private_key"]))
         host = "aiplatform.googleapis.com"  # the "global" location has no regional host
         host = host if config.region == "global" else f"{config.region}-{host}"
         base = (config.vertex_api_base or f"https://{host}").rstrip("/")
@@ -173,6 +174,9 @@ class VertexProvider(Provider):
             params = generation_config(payload, _PALM_PARAMS)
             body = {"instances": [instance]} | ({"parameters": params} if params else {})
         return UpstreamRequest(f"{self._prefix}:{method}", self._headers, orjson.dumps(body))
+
+    def live_secrets(self) -> tuple[str, ...]:
+        return self._tokens.recent_tokens()
 
     async def authorize(self, request: UpstreamRequest) -> UpstreamRequest:
         try:
@@ -235,6 +239,16 @@ class VertexProvider(Provider):
         if retry_after is None and status in (429, 503):
             retry_after = 1
         return UpstreamError(NAME, status, decoded, retry_after=retry_after)
+
+
+def _key_parts(raw_key: str) -> list[str]:
+    """What an error could echo of a service-account key on its own: the PEM, each line
+    of it (for a PEM re-wrapped or cut short; not the armour, nor a tail too short to
+    matter), and the private_key_id."""
+    info = orjson.loads(raw_key)  # the token source accepted it: a JSON object
+    pem, key_id = str(info.get("private_key") or ""), str(info.get("private_key_id") or "")
+    lines = [line.strip() for line in pem.splitlines()]
+    return [pem, key_id, *(line for line in lines if len(line) >= 16 and "-----" not in line)]
 
 
 # ---------------------------------------------------------------------------- requests

@@ -55,7 +55,12 @@ class EntraTokenSource:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     _app: Any = field(default=None, repr=False)
+    _previous: str | None = field(default=None, repr=False)
     fetches: int = 0
+
+    def recent_tokens(self) -> tuple[str, ...]:
+        """The current access token and the one before it (requests may still carry it)."""
+        return tuple(t for t in (self._token, self._previous) if t)
 
     async def token(self) -> str:
         if self._token is not None and self.clock() < self._refresh_at:
@@ -94,7 +99,9 @@ class EntraTokenSource:
             self.fetches += 1
         lifetime = float(result.get("expires_in", 0))
         window = min(_REFRESH_WINDOW_S, lifetime / 2)
-        self._token = str(result["access_token"])
+        token = str(result["access_token"])
+        if token != self._token:
+            self._previous, self._token = self._token, token
         self._refresh_at = started + lifetime - window
         return self._token
 
@@ -135,13 +142,20 @@ class GoogleTokenSource:
             google.auth.transport.requests.Request(), timeout=_GOOGLE_TOKEN_TIMEOUT_S
         )
         self._lock = asyncio.Lock()
+        self._previous: str | None = None
 
     async def token(self) -> str:
         if self._credentials.token_state is not self._fresh:
             async with self._lock:  # single flight: concurrent requests wait for one fetch
                 if self._credentials.token_state is not self._fresh:
+                    previous = self._credentials.token
                     await asyncio.to_thread(self._credentials.refresh, self._http)
+                    self._previous = previous
         return str(self._credentials.token)
+
+    def recent_tokens(self) -> tuple[str, ...]:
+        """The current access token and the one before it (requests may still carry it)."""
+        return tuple(t for t in (self._credentials.token, self._previous) if t)
 
 
 class CredentialRegistry:
