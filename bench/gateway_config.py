@@ -10,6 +10,8 @@ Four endpoints, all pointing at the fake upstream:
 - ``bench-chat-governed``: OpenAI chat with usage tracking (rows as JSON log lines, the
   default sink) and PII masking on input and output, so every request and answer is
   scanned and recorded.
+- ``bench-slow-<i>`` (only when ``write_config`` is given ``slow_upstreams``): OpenAI chat
+  (passthrough), one endpoint per upstream port, for ``bench/slow_streams.py``.
 
 Manifests are written as JSON, which is YAML too.
 """
@@ -17,6 +19,7 @@ Manifests are written as JSON, which is YAML too.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ EMBED = "bench-embed"
 CLAUDE = "bench-claude"
 LIMITED = "bench-chat-limited"
 GOVERNED = "bench-chat-governed"
+SLOW = "bench-slow-{}"  # .format(i): the slow-stream endpoint on the i-th slow upstream
 
 OPENAI_KEY = "sk-bench"
 ANTHROPIC_KEY = "sk-ant-bench"
@@ -67,8 +71,9 @@ def _openai(model: str, task: str, base: str) -> dict[str, Any]:
     }
 
 
-def write_config(root: Path, upstream: str) -> GatewayConfig:
-    """Write manifests and secrets under ``root`` for an upstream at ``upstream`` (no slash)."""
+def write_config(root: Path, upstream: str, slow_upstreams: Sequence[str] = ()) -> GatewayConfig:
+    """Write manifests and secrets under ``root`` for an upstream at ``upstream`` (no slash),
+    and one ``bench-slow-<i>`` endpoint for each of ``slow_upstreams``."""
     manifests, secrets = root / "manifests", root / "secrets"
     (secrets / "bench").mkdir(parents=True, exist_ok=True)
     manifests.mkdir(parents=True, exist_ok=True)
@@ -108,6 +113,9 @@ def write_config(root: Path, upstream: str) -> GatewayConfig:
         LIMITED: _manifest(LIMITED, _openai("gpt-4o-mini", "llm/v1/chat", upstream), limits),
         GOVERNED: _manifest(GOVERNED, _openai("gpt-4o-mini", "llm/v1/chat", upstream), governed),
     }
+    for i, base in enumerate(slow_upstreams):
+        name = SLOW.format(i)
+        docs[name] = _manifest(name, _openai("gpt-4o-mini", "llm/v1/chat", base), None)
     for name, text in docs.items():
         (manifests / f"{name}.yaml").write_text(text)
     return GatewayConfig(manifests=manifests, secrets=secrets)

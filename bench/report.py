@@ -1,5 +1,5 @@
 """RESULTS.md: the machine, one table per scenario, the ratios that are the targets, memory
-and startup, and the profile summary."""
+and startup, the slow streams, and the profile summary."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ FLOOR, DIRECT, ONE, TWO = "bare-proxy", "direct", "servegate-1w", "servegate-2w"
 TARGET_THROUGHPUT = 0.9  # of the floor's
 TARGET_ADDED_P50, TARGET_ADDED_P99 = 0.4, 2.0  # ms at c=1, vs direct
 TARGET_IDLE_MIB = 80
+TARGET_SLOW_STREAMS, TARGET_SLOW_MIB = 1000, 250  # streams held open, under this RSS
+SLOW_TITLE = "## Slow streams"
 
 
 @dataclass
@@ -38,6 +40,73 @@ class GatewayFacts:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class SlowTick:
+    """One sample of the slow-streams run."""
+
+    seconds: float  # since the first connect
+    rss_kib: int  # the gateway's
+    relaying: int  # streams that have their head and first bytes
+    written: int  # bytes the upstream has written, all streams
+    read: int  # bytes the clients have read, all streams
+    blocked: int  # upstream streams blocked in a write
+
+
+@dataclass
+class SlowStreams:
+    """What bench/slow_streams.py measured: many streams held open by slow readers."""
+
+    streams: int  # asked for
+    details: dict[str, str] = field(default_factory=dict)  # how it ran, for the bullets
+    opened: int = 0  # connections that sent their request
+    streaming: int = 0  # answered 200 and still relaying at the end of the hold
+    open_s: float | None = None  # from the first connect until every stream was relaying
+    held_s: float | None = None  # how long all of them were then held open
+    in_flight: float | None = None  # servegate_requests_in_flight at the end of the hold
+    gateway_conns: int | None = None  # established connections on the gateway's port
+    upstream_conns: int | None = None  # established connections from the gateway upstream
+    upstream_open: int | None = None  # streams the upstream was writing
+    upstream_done: int | None = None  # written to the end before the clients closed
+    upstream_blocked: int | None = None  # open upstream streams blocked in a write
+    unblocked_bytes: int | None = None  # per stream, what its pace allows without backpressure
+    response_bytes: int = 0  # one whole response, as the upstream writes it
+    written: tuple[int, int] | None = None  # per stream, median and max, by the upstream
+    read: tuple[int, int] | None = None  # per stream, median and max, by the client
+    kernel_bytes: int | None = None  # in the socket queues of both hops, all streams
+    kernel_queues: dict[str, int] = field(default_factory=dict)  # the same, by socket
+    gateway_bytes: int | None = None  # estimate: written - read - kernel, all streams
+    idle_kib: int | None = None
+    peak_kib: int | None = None  # VmHWM, summed over the gateway's processes
+    end_kib: int | None = None  # at the end of the hold
+    closed_kib: int | None = None  # after every stream was closed and in-flight was 0
+    closed_s: float | None = None  # from closing until in-flight and the upstream were at 0
+    healthy: str | None = None  # after closing: None when healthy, else why not
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why it did not finish
+    timeline: list[SlowTick] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        return self.streaming >= self.streams
+
+    @property
+    def under_target(self) -> bool | None:
+        return None if self.peak_kib is None else self.peak_kib / 1024 < TARGET_SLOW_MIB
+
+    @property
+    def passed(self) -> bool:
+        return (
+            self.error is None
+            and self.held
+            and bool(self.under_target)
+            and self.errors == 0
+            and self.upstream_done == 0
+            and self.healthy is None
+        )
+
+
 @dataclass
 class Run:
     machine: dict[str, str]
@@ -46,6 +115,7 @@ class Run:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profile: str = ""
+    slow: SlowStreams | None = None
 
     def row(self, gateway: str, scenario: str) -> Row | None:
         return next((r for r in self.rows if r.gateway == gateway and r.scenario == scenario), None)
@@ -222,6 +292,110 @@ def memory_lines(run: Run) -> list[str]:
     return _table([*header, "peak RSS MiB", "note"], rows)
 
 
+def _kib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1024:,.1f} KiB"
+
+
+def _pair(values: tuple[int, int] | None) -> str:
+    return "-" if values is None else f"{_kib(values[0])} / {_kib(values[1])}"
+
+
+def slow_lines(slow: SlowStreams) -> list[str]:
+    """The "Slow streams" section's body (bench/slow_streams.py)."""
+    lines = [f"- **{k}**: {v}" for k, v in slow.details.items()]
+    if slow.error:
+        lines += ["", f"**This run did not finish**: {slow.error}"]
+    n = max(slow.streams, 1)
+
+    def per_stream(total: int | None) -> str:
+        return "-" if total is None else f"{total / 1048576:,.1f} MiB, {_kib(total / n)} per stream"
+
+    def mib(kib: int | None) -> str:
+        return _f(None if kib is None else kib / 1024, 1)
+
+    held = f"{slow.streaming:,} of {slow.streams:,}" + _mark(slow.held)
+    gauge = "-" if slow.in_flight is None else f"{slow.in_flight:,.0f}"
+    conns = f"{gauge} / {slow.gateway_conns or 0:,} / {slow.upstream_conns or 0:,}"
+    per = None
+    if slow.end_kib is not None and slow.idle_kib is not None:
+        per = (slow.end_kib - slow.idle_kib) * 1024 / n
+    done = "-" if slow.upstream_done is None else str(slow.upstream_done)
+    rows = [
+        [f"**streams held open** (200, relaying, at the end of the hold; target {TARGET_SLOW_STREAMS:,})",
+         f"**{held}**"],
+        ["gateway in-flight gauge / its client connections / its upstream connections", conns],
+        ["time to open them all (first connect → every stream relaying)", _f(slow.open_s, 1) + " s"],
+        ["held open, all of them, for", _f(slow.held_s, 1) + " s"],
+        ["RSS idle, before (MiB)", mib(slow.idle_kib)],
+        [f"**peak RSS** (VmHWM, MiB; target < {TARGET_SLOW_MIB})",
+         f"**{mib(slow.peak_kib)}**" + _mark(slow.under_target)],
+        ["RSS at the end of the hold (MiB)", mib(slow.end_kib)],
+        ["RSS per stream: (end of hold - idle) / streams", _kib(per)],
+        ["RSS after closing them all, in-flight back to 0 (MiB)", mib(slow.closed_kib)],
+        ["one whole response (the upstream's frames)", _kib(slow.response_bytes)],
+        ["written by the upstream per stream, median / max", _pair(slow.written)],
+        ["... which, never held back, it would have written by then (its pace x the time)",
+         _kib(slow.unblocked_bytes)],
+        ["**upstream streams blocked in a write** (backpressure reached the upstream)",
+         f"**{'-' if slow.upstream_blocked is None else f'{slow.upstream_blocked:,}'}**"],
+        ["read by the client per stream, median / max", _pair(slow.read)],
+        ["in the kernel's socket queues, both hops", per_stream(slow.kernel_bytes)],
+        *[[f"- of which in the {name} queues", per_stream(size)]
+          for name, size in slow.kernel_queues.items()],
+        ["**buffered by the gateway** (estimate: written - read - kernel)",
+         f"**{per_stream(slow.gateway_bytes)}**"],
+        ["responses the upstream wrote to the end during the hold (must be 0)", done],
+        ["errors (non-200, resets, streams that ended early)", str(slow.errors)],
+        ["after closing: in-flight and upstream streams at 0 within",
+         _f(slow.closed_s, 1) + " s"],
+        ["after closing: `/readyz` and one whole stream through the gateway",
+         "ok" if slow.healthy is None else slow.healthy],
+    ]  # fmt: skip
+    lines += ["", *_table(["figure", "value"], rows)]
+    if slow.timeline:
+        lines += ["", "Over time (from the first connect; the hold ends at the last row):", ""]
+        lines += _table(
+            ["s", "relaying", "RSS MiB", "upstream wrote MiB", "clients read MiB",
+             "upstream blocked"],
+            [[f"{t.seconds:.0f}", f"{t.relaying:,}", mib(t.rss_kib),
+              _f(t.written / 1048576, 1), _f(t.read / 1048576, 2), f"{t.blocked:,}"]
+             for t in _spread(slow.timeline, 3.0)],
+        )  # fmt: skip
+    if slow.error_samples:
+        lines += ["", "Error samples:", ""] + [f"- `{e}`" for e in slow.error_samples[:10]]
+    if slow.notes:
+        lines += ["", *slow.notes]
+    while lines and not lines[0]:
+        lines.pop(0)
+    return lines
+
+
+def _spread(ticks: list[SlowTick], step: float) -> list[SlowTick]:
+    """Ticks at least ``step`` seconds apart, and the last."""
+    kept: list[SlowTick] = []
+    for tick in ticks:
+        if not kept or tick.seconds - kept[-1].seconds >= step - 0.5 or tick is ticks[-1]:
+            kept.append(tick)
+    return kept
+
+
+def splice_slow(text: str, slow: SlowStreams) -> str:
+    """``text`` (a RESULTS.md) with its "Slow streams" section replaced by ``slow``'s, or
+    the section inserted before "## Scenarios"; every other section is left as it was."""
+    section = [SLOW_TITLE, "", *slow_lines(slow), ""]
+    lines = text.rstrip("\n").split("\n") if text.strip() else ["# Benchmark results"]
+    if SLOW_TITLE in lines:
+        start = lines.index(SLOW_TITLE)
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
+        )
+    else:
+        start = end = lines.index("## Scenarios") if "## Scenarios" in lines else len(lines)
+        if start == len(lines):
+            section.insert(0, "")
+    return "\n".join([*lines[:start], *section, *lines[end:]]).rstrip() + "\n"
+
+
 def render(run: Run) -> str:
     lines = ["# Benchmark results", ""]
     lines += ["Generated by `bench/run` (see bench/README.md for what is measured and how to read it).",
@@ -233,6 +407,8 @@ def render(run: Run) -> str:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in run.notes]
     lines += ["", "## Ratios (the targets)", "", *ratio_lines(run)]
     lines += ["", "## Startup and memory", "", *memory_lines(run)]
+    if run.slow is not None:
+        lines += ["", SLOW_TITLE, "", *slow_lines(run.slow)]
     lines += ["", "## Scenarios", ""]
     for scenario in SCENARIOS:
         if not any(r.scenario == scenario.key for r in run.rows):

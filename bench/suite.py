@@ -60,6 +60,7 @@ class Settings:
     load_cpus: str | None
     servegate_ref: str | None
     use_wrk: bool
+    slow_hold: float = 0.0  # seconds the 1,000 slow streams are held (slow_streams.py); 0: skip
 
 
 @dataclass
@@ -98,6 +99,12 @@ def parse_args() -> Settings:
     parser.add_argument(
         "--no-spread", action="store_true", help="skip the 2-worker run spread over CPUs 0 and 1"
     )
+    parser.add_argument(
+        "--no-slow-streams",
+        action="store_true",
+        help="skip the 1,000 slow streams at the end (about 35 s; bench/run --slow-streams "
+        "runs them alone)",
+    )
     args = parser.parse_args()
     duration, warmup = (2.0, 0.5) if args.quick else (args.duration, args.warmup)
     profile = duration if args.profile_seconds is None else args.profile_seconds
@@ -112,6 +119,7 @@ def parse_args() -> Settings:
         load_cpus="1" if two_cpus else None,
         servegate_ref=args.servegate_ref,
         use_wrk=not args.no_wrk,
+        slow_hold=0.0 if args.no_slow_streams else 5.0 if args.quick else 20.0,
     )
 
 
@@ -410,6 +418,11 @@ def main() -> int:
             bench = Bench(settings, env, run, stack)
             for spec in gateways(settings, env.workers_flag, run):
                 bench.gateway(spec)
+            if settings.slow_hold:
+                import slow_streams  # here rather than at the top: it imports this module
+
+                print("bench: 1,000 slow streams", flush=True)
+                run.slow = slow_streams.measure(slow_streams.in_suite(settings), env, stack)
         finished = True
     except (ProcessFailed, snapshot.SnapshotFailed, OSError):
         traceback.print_exc()

@@ -17,8 +17,8 @@ from servegate.control.kubestore import kubernetes_store
 from servegate.control.statedir import LocalStore, StateDir
 from servegate.control.store import ControlPlaneConfigError
 from servegate.ingress.body import DEFAULT_BODY_TIMEOUT_S, MAX_BODY_BYTES, body_timeout_key
-from servegate.ingress.health import Drain, close_while_draining, drain_key, track_in_flight
-from servegate.ingress.middleware import add_request_id, gateway_middleware
+from servegate.ingress.health import Drain, drain_key
+from servegate.ingress.middleware import gateway_middleware
 from servegate.ingress.routes import setup_routes
 from servegate.pipeline import ask_endpoint
 from servegate.policy.guardrails.judge import Judge
@@ -71,6 +71,8 @@ class GatewaySettings:
     """Extra CA certificates (PEM) trusted for upstream TLS, beside the system's."""
     max_upstream_response: int = MAX_RESPONSE_BYTES
     """The most a provider may send as one answer (a unary body, or one stream event)."""
+    upstream_connections_per_host: int = 0
+    """A cap on connections to one provider host and port (0: none)."""
     state_dir: Path | None = None
     """Where endpoints created through the REST API are stored (None: the API is read-only)."""
     control_plane: Literal["kubernetes"] | None = None
@@ -165,6 +167,7 @@ def create_app(settings: GatewaySettings) -> web.Application:
         settings.timeouts,
         ca_bundle=settings.ca_bundle,
         max_response_bytes=settings.max_upstream_response,
+        pool_per_host=settings.upstream_connections_per_host,
     )
     app[keys.rate_limiter] = RateLimiter(
         settings.redis_url,
@@ -179,13 +182,10 @@ def create_app(settings: GatewaySettings) -> web.Application:
         watched = [*paths]
         watched += [p for p in (secrets_dir, settings.auth_file) if p is not None]
         app.cleanup_ctx.append(watcher_context(watched))
-    app.on_response_prepare.append(add_request_id)
-    # Client connections and shutdown: the drain state and the requests in flight (the
-    # outermost middleware), the relayed streams, the body read's time limit.
+    # Client connections and shutdown: the drain state and the requests in flight (counted
+    # by the middleware), the relayed streams, the body read's time limit.
     app[drain_key] = Drain()
     app[active_streams_key] = ActiveStreams()
     app[body_timeout_key] = settings.client_body_timeout
-    app.middlewares.insert(0, track_in_flight)
-    app.on_response_prepare.append(close_while_draining)
     setup_routes(app)
     return app

@@ -162,6 +162,14 @@ def _add_serve_args(parser: argparse.ArgumentParser) -> None:
         f"(default {MAX_RESPONSE_BYTES // 1048576}); more is a 502",
     )
     parser.add_argument(
+        "--upstream-connections-per-host",
+        type=int,
+        default=0,
+        metavar="N",
+        help="at most N connections to one provider host and port; more requests wait for one "
+        "(default 0: no cap, one connection per request in flight, kept alive for reuse)",
+    )
+    parser.add_argument(
         "--state-dir",
         type=Path,
         default=os.environ.get("SERVEGATE_STATE_DIR") or None,
@@ -338,6 +346,7 @@ def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
         metrics_requester_labels=args.metrics_requester_labels,
         ca_bundle=args.ca_bundle,
         max_upstream_response=args.max_upstream_response,
+        upstream_connections_per_host=max(0, args.upstream_connections_per_host),
         state_dir=args.state_dir,
         control_plane=args.control_plane,
         manage_group=args.manage_group,

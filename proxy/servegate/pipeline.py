@@ -157,7 +157,7 @@ async def _governed(
             f"Endpoint '{endpoint.name}' is not ready: {'; '.join(endpoint.problems)}",
             retry_after=10,
         )
-    query = parse_query(endpoint.task, body)
+    query = parse_query(endpoint.task, body, depth_checked=True)  # read_json checked it
     access.stream = query.stream
     if watch.record is not None:
         watch.record.client_request_id = query.client_request_id
@@ -254,17 +254,21 @@ async def _attempt(
         upstream_request = await provider.authorize(provider.build_request(query))
         upstream_started = time.perf_counter()
         # A client that goes away while we wait cancels the upstream request (ClientGone).
-        async with app[active_streams_key].watch(request):
-            upstream = await client.send(upstream_request, provider.name, deadline=deadline)
+        with app[active_streams_key].watch(request):
+            upstream = await client.send(
+                upstream_request, provider.name, deadline=deadline, whole=not query.stream
+            )
+            # A unary answer's own timer bounds its body; a stream's error body needs one.
+            bounded = deadline if query.stream else None
             if upstream.status >= 400:
                 raise provider.error(
                     upstream.status,
-                    await client.read_body(upstream, provider.name, deadline=deadline),
+                    await client.read_body(upstream, provider.name, deadline=bounded),
                     upstream.headers,
                 )
             if not query.stream:
                 expect_content_type(upstream, provider.name)
-                body = await client.read_body(upstream, provider.name, deadline=deadline)
+                body = await client.read_body(upstream, provider.name)
         headers = {"served-model-name": entity.name}
         if query.stream:
             tap = watch.tap(query.task)
@@ -399,10 +403,10 @@ def ask_endpoint(
         client = app[keys.upstream_client]
         upstream_request = await provider.authorize(provider.build_request(query))
         deadline = time.monotonic() + client.timeouts.first_byte
-        upstream = await client.send(upstream_request, provider.name, deadline=deadline)
+        upstream = await client.send(upstream_request, provider.name, deadline=deadline, whole=True)
         if upstream.status < 400:
             expect_content_type(upstream, provider.name)
-        body = await client.read_body(upstream, provider.name, deadline=deadline)
+        body = await client.read_body(upstream, provider.name)
         if upstream.status >= 400:
             raise provider.error(upstream.status, body, upstream.headers)
         translated = provider.parse_response(query, body)

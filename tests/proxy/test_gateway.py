@@ -529,5 +529,10 @@ async def test_metrics_count_requests_and_tokens(client: Client) -> None:
         in text
     )
     assert (
-        'servegate_tokens_total{endpoint="chat",kind="prompt",served_entity="gpt-4o-mini"}' in text
+        'gen_ai_client_token_usage_sum{endpoint="chat",gen_ai_operation_name="chat",'
+        'gen_ai_provider_name="openai",gen_ai_request_model="gpt-4o-mini",'
+        'gen_ai_token_type="input",served_entity="gpt-4o-mini"}' in text
     )
+    # One duration and one token series per request, not a servegate_* twin of each.
+    assert "servegate_request_duration_seconds" not in text
+    assert "servegate_tokens_total" not in text

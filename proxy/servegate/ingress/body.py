@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
+from servegate.canonical.requests import MAX_NESTING, too_deep
 from servegate.ingress.errors import BadRequest, GatewayError, PayloadTooLarge, error_response
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -42,8 +43,11 @@ async def read_json(request: web.Request) -> Any:
         raise _too_large(request.content_length)
     timeout = request.app.get(body_timeout_key, DEFAULT_BODY_TIMEOUT_S)
     try:
-        async with asyncio.timeout(timeout):
+        if request.content.is_eof():  # it came with the headers (most bodies): no timer
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(None) from None
     except TimeoutError:
@@ -54,9 +58,12 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         raise BadRequest("The request body is empty; send a JSON object.")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
+    if too_deep(raw, body):
+        raise BadRequest(f"The request body is nested more than {MAX_NESTING} levels deep.")
+    return body
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

@@ -15,7 +15,6 @@ import contextlib
 
 import orjson
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestHandler
 
 from servegate import keys
@@ -25,9 +24,9 @@ from servegate.records.metrics import CONTENT_TYPE
 class Drain:
     """Whether the gateway is draining, and what it is still doing.
 
-    ``track_in_flight`` (the outermost middleware) counts the requests being handled and
-    the connections they arrived on, so the shutdown can wait for exactly those and close
-    the connections no request is using.
+    The gateway middleware (``ingress/middleware.py``) counts the requests being handled
+    and the connections they arrived on, so the shutdown can wait for exactly those and
+    close the connections no request is using.
     """
 
     def __init__(self) -> None:
@@ -68,20 +67,10 @@ class Drain:
 drain_key = web.AppKey("drain", Drain)
 
 
-@web.middleware
-async def track_in_flight(request: web.Request, handler: Handler) -> web.StreamResponse:
-    drain = request.app[drain_key]
-    drain.started(request)
-    try:
-        return await handler(request)
-    finally:
-        drain.finished(request)
-
-
-async def close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: while draining, no connection is kept alive, and the client
-    is told so in the response (it must not reuse the connection for its next request)."""
-    if request.app[drain_key].draining:
+def close_while_draining(drain: Drain, response: web.StreamResponse) -> None:
+    """While draining, no connection is kept alive, and the client is told so in the
+    response (it must not reuse the connection for its next request)."""
+    if drain.draining:
         response.force_close()
         response.headers[hdrs.CONNECTION] = "close"
 

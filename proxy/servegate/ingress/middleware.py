@@ -31,6 +31,7 @@ from servegate.ingress.errors import (
     NotFound,
     error_response,
 )
+from servegate.ingress.health import Drain, close_while_draining, drain_key
 
 log = logging.getLogger("servegate.access")
 errors_log = logging.getLogger("servegate.errors")
@@ -46,6 +47,17 @@ _ids = itertools.count(1)
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware (each layer costs every request): counts the request in flight
+    for the drain, then authenticates, calls the route and maps its errors."""
+    drain = request.app[drain_key]
+    drain.started(request)
+    try:
+        return await _handle(request, handler, drain)
+    finally:
+        drain.finished(request)
+
+
+async def _handle(request: web.Request, handler: Handler, drain: Drain) -> web.StreamResponse:
     request_id = f"{_ID_PREFIX}{next(_ids):016x}"
     request[keys.request_id] = request_id
     started = time.perf_counter()
@@ -77,8 +89,9 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         response = error_response(
             InternalError(f"The gateway failed to handle the request (request id {request_id}).")
         )
-    if not response.prepared:
+    if not response.prepared:  # a stream was prepared with these by streaming/relay.py
         response.headers["x-request-id"] = request_id
+        close_while_draining(drain, response)
     log.info(
         "request_id=%s method=%s path=%s status=%s duration_ms=%.1f endpoint=%s "
         "served_entity=%s principal=%s stream=%s",
@@ -109,10 +122,3 @@ async def permission_level(request: web.Request, endpoint: str) -> PermissionLev
     return await _permission_level(
         request.app[keys.auth_holder].current, request[keys.principal], endpoint
     )
-
-
-async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: streams are prepared before the middleware sees them."""
-    request_id = request.get(keys.request_id)
-    if request_id is not None and "x-request-id" not in response.headers:
-        response.headers["x-request-id"] = request_id

@@ -35,7 +35,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from servegate.canonical.usage import Usage
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 # The GenAI conventions' advised boundaries.
 _GENAI_DURATION_BUCKETS = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
@@ -56,9 +55,6 @@ _OPERATION = {"llm/v1/chat": "chat", "llm/v1/completions": "text_completion"}
 @dataclass(frozen=True, slots=True)
 class _Children:
     requests: Counter
-    latency: Histogram
-    prompt_tokens: Counter
-    completion_tokens: Counter
     genai_duration: Histogram
     input_tokens: Histogram
     output_tokens: Histogram
@@ -108,19 +104,8 @@ class Metrics:
             ["endpoint", "served_entity", "provider", "task", "status"],
             registry=self.registry,
         )
-        self.latency = Histogram(
-            "servegate_request_duration_seconds",
-            "Time from request to the last byte of the response.",
-            ["endpoint", "served_entity", "task", "stream"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.tokens = Counter(
-            "servegate_tokens",
-            "Tokens reported by providers, by kind (prompt or completion).",
-            ["endpoint", "served_entity", "kind"],
-            registry=self.registry,
-        )
+        # Request durations and token counts are the GenAI histograms below (their _sum and
+        # _count are the totals): one observation each, not a servegate_* twin as well.
         genai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
         where = ["endpoint", "served_entity"]
         self.genai_duration = Histogram(
@@ -255,14 +240,11 @@ class Metrics:
         if children is None:  # label lookups take a lock each: resolve once per combination
             children = self._children[key] = self._resolve(seen)
         children.requests.inc()
-        children.latency.observe(seen.seconds)
         children.genai_duration.observe(seen.seconds)
         if children.upstream_errors is not None:
             children.upstream_errors.inc()
         usage = seen.usage
         if usage is not None:
-            children.prompt_tokens.inc(usage.prompt_tokens)
-            children.completion_tokens.inc(usage.completion_tokens)
             children.input_tokens.observe(usage.prompt_tokens)
             children.output_tokens.observe(usage.completion_tokens)
         if seen.upstream_seconds is not None:
@@ -288,9 +270,6 @@ class Metrics:
         return _Children(
             self.requests.labels(seen.endpoint, seen.entity, seen.provider, seen.task,
                                  str(seen.status)),
-            self.latency.labels(seen.endpoint, seen.entity, seen.task, stream),
-            self.tokens.labels(seen.endpoint, seen.entity, "prompt"),
-            self.tokens.labels(seen.endpoint, seen.entity, "completion"),
             self.genai_duration.labels(*genai, stream, status_class, error_type),
             self.genai_tokens.labels(*genai, "input"),
             self.genai_tokens.labels(*genai, "output"),

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,8 +35,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from servegate import keys
 from servegate.canonical.usage import Usage
 from servegate.ingress.errors import GatewayError
+from servegate.ingress.health import close_while_draining, drain_key
 from servegate.providers.base import StreamTranslator
 from servegate.streaming.sse import DONE_FRAME, encode_data
 from servegate.streaming.tap import StreamTap
@@ -120,24 +121,12 @@ class ActiveStreams:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    @contextlib.asynccontextmanager
-    async def watch(self, request: web.Request) -> AsyncIterator[None]:
-        """Cancel the body of this ``async with`` if the client goes away meanwhile, and
-        raise :class:`ClientGone` instead: an upstream request waited on inside it is
-        cancelled, which closes its connection (the provider sees the cancel)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._waits[task] = request
-        self._ensure_polling()
-        try:
-            yield
-        except asyncio.CancelledError:
-            if task not in self._gone or task.uncancel() > 0:
-                raise  # cancelled by someone else (shutdown): not ours to swallow
-            raise ClientGone("The client disconnected.") from None
-        finally:
-            del self._waits[task]
-            self._gone.discard(task)
+    def watch(self, request: web.Request) -> _Watched:
+        """``with streams.watch(request):`` cancels the body of the block if the client goes
+        away meanwhile, and raises :class:`ClientGone` instead: an upstream request waited
+        on inside it is cancelled, which closes its connection (the provider sees the
+        cancel). A plain (not async) context manager: it costs a request next to nothing."""
+        return _Watched(self, request)
 
     def _ensure_polling(self) -> None:
         if self._task is None:
@@ -176,6 +165,35 @@ class ActiveStreams:
                         task.cancel()
         finally:
             self._task = None
+
+
+class _Watched:
+    __slots__ = ("_request", "_streams", "_task")
+
+    def __init__(self, streams: ActiveStreams, request: web.Request) -> None:
+        self._streams = streams
+        self._request = request
+        self._task: asyncio.Task[object] | None = None
+
+    def __enter__(self) -> None:
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        self._streams._waits[task] = self._request
+        self._streams._ensure_polling()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: object
+    ) -> None:
+        task, streams = self._task, self._streams
+        assert task is not None
+        del streams._waits[task]
+        if task not in streams._gone:
+            return
+        streams._gone.discard(task)
+        if kind is asyncio.CancelledError and task.uncancel() > 0:
+            return  # someone else cancelled the task too (the shutdown): theirs stays
+        # The client is gone, whether the cancel landed or the block ended just before it.
+        raise ClientGone("The client disconnected.") from None
 
 
 active_streams_key = web.AppKey("active_streams", ActiveStreams)
@@ -278,7 +296,10 @@ async def relay_stream(
 
 
 async def _start(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """The stream's response, with what the middleware adds to the ones it sees unsent."""
     response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+    response.headers["x-request-id"] = request[keys.request_id]
+    close_while_draining(request.app[drain_key], response)
     await response.prepare(request)
     return response
 

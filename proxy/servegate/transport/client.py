@@ -1,8 +1,10 @@
 """The gateway's one HTTP client: a pooled, long-lived session shared by every upstream.
 
 One ``aiohttp.ClientSession`` lives as long as the app; its connector keeps a pool of
-keep-alive connections per upstream host (``limit_per_host``), so no request ever opens
-a session or pays a fresh TLS handshake when a pooled connection is free.
+keep-alive connections per upstream host, so no request ever opens a session or pays a
+fresh TLS handshake when a pooled connection is free. The pool grows with the requests in
+flight: a cap (``--upstream-connections-per-host``) would queue requests inside the gateway,
+where they wait without a word until their deadline, so by default there is none.
 
 Three timeouts, each for a different failure:
 - ``connect``: the upstream host cannot be reached;
@@ -52,7 +54,7 @@ class UpstreamClient:
         self,
         timeouts: Timeouts,
         *,
-        pool_per_host: int = 256,
+        pool_per_host: int = 0,
         ca_bundle: Path | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
@@ -77,6 +79,11 @@ class UpstreamClient:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
+            # aiohttp reads 256 KiB at a time and pauses a response only past twice that:
+            # half a MiB held per stream whose client reads slower than its provider
+            # writes. 16 KiB keeps backpressure tight: 1,000 slow streams in about 200 MiB
+            # instead of 680 (bench/RESULTS.md, "Slow streams").
+            read_bufsize=16 * 1024,
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=self.timeouts.connect,
@@ -95,11 +102,19 @@ class UpstreamClient:
             await self._session.close()
 
     async def send(
-        self, request: UpstreamRequest, provider: str, *, deadline: float | None = None
+        self,
+        request: UpstreamRequest,
+        provider: str,
+        *,
+        deadline: float | None = None,
+        whole: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send and wait for the response headers; the caller reads and releases the body.
 
         ``deadline`` (a ``time.monotonic()`` value) caps the wait across fallback attempts.
+        ``whole``: the caller will read the whole body (a unary answer), and the deadline
+        bounds that too. aiohttp's own timer does it, running until the body is read, so
+        :meth:`read_body` needs no second one (a timer less on every unary request).
         """
         if self._session is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
@@ -107,9 +122,21 @@ class UpstreamClient:
         if deadline is not None:
             budget = min(budget, max(0.0, deadline - time.monotonic()))
         try:
+            if whole:
+                return await self._session.request(
+                    request.method,
+                    request.url,
+                    data=request.body,
+                    headers=request.headers,
+                    timeout=aiohttp.ClientTimeout(
+                        total=budget,
+                        sock_connect=self.timeouts.connect,
+                        sock_read=self.timeouts.first_byte,
+                    ),
+                )
             async with asyncio.timeout(budget):
                 return await self._session.request(
-                    request.method, request.url, data=request.body, headers=dict(request.headers)
+                    request.method, request.url, data=request.body, headers=request.headers
                 )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(
@@ -125,26 +152,20 @@ class UpstreamClient:
         self, response: aiohttp.ClientResponse, provider: str, *, deadline: float | None = None
     ) -> bytes:
         """The whole body, within the deadline (a slow-drip upstream is cut there) and the
-        size cap. The response is released whatever happens."""
-        budget = self.timeouts.first_byte
-        if deadline is not None:
-            budget = min(budget, max(0.0, deadline - time.monotonic()))
+        size cap. The response is released whatever happens.
+
+        ``deadline`` None: the response was sent ``whole``, and its own timer bounds this."""
         cap = self.max_response_bytes
         try:
             if response.content_length is not None and response.content_length > cap:
                 raise response_too_large(provider, cap)
-            async with asyncio.timeout(budget):
-                if response.content_length is not None:  # within the cap, checked above
-                    return await response.read()
-                body = bytearray()
-                while chunk := await response.content.readany():
-                    body += chunk
-                    if len(body) > cap:
-                        raise response_too_large(provider, cap)
-                return bytes(body)
+            if deadline is None:
+                return await self._read(response, provider, cap)
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                return await self._read(response, provider, cap)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(
-                f"Provider '{provider}' did not finish its response within {budget:g} s.",
+                f"Provider '{provider}' did not finish its response within the deadline.",
                 provider=provider,
             ) from None
         except aiohttp.ClientError as exc:
@@ -156,6 +177,17 @@ class UpstreamClient:
             if not response.content.at_eof():
                 response.close()
             response.release()
+
+    @staticmethod
+    async def _read(response: aiohttp.ClientResponse, provider: str, cap: int) -> bytes:
+        if response.content_length is not None:  # within the cap, checked by the caller
+            return await response.read()
+        body = bytearray()
+        while chunk := await response.content.readany():
+            body += chunk
+            if len(body) > cap:
+                raise response_too_large(provider, cap)
+        return bytes(body)
 
     async def iter_body(
         self,
