@@ -5,6 +5,8 @@ on the caller's CPUs (the suite pins itself to the load CPU)."""
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
-
+%(auth)s
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -50,6 +52,31 @@ class LoadResult:
     error_samples: tuple[str, ...] = ()
 
 
+# The Authorization header: one token for every request, or a new one for each (a counter
+# after a prefix that is new for every run of wrk, so no two runs share a token).
+WRK_BEARER = 'wrk.headers["Authorization"] = "Bearer %s"\n'
+WRK_FRESH_BEARER = """
+local issued = 0
+function request()
+  issued = issued + 1
+  wrk.headers["Authorization"] = "Bearer %s" .. issued
+  return wrk.format()
+end
+"""
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~+/=-]+")  # RFC 6750 b64token: safe in a Lua string
+
+
+def fresh_prefix(bearer: str) -> str:
+    """The prefix of a run's fresh tokens: ``<bearer>.<8 random hex digits>-``."""
+    return f"{bearer}.{secrets.token_hex(4)}-"
+
+
+def _checked(token: str) -> str:
+    if not TOKEN_CHARS.fullmatch(token):
+        raise ValueError(f"not a bearer token: {token!r}")
+    return token
+
+
 class DriverFailed(RuntimeError):
     """The load generator itself failed (not the requests it sent)."""
 
@@ -58,10 +85,24 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(url: str, body_file: Path, concurrency: int, duration_s: float) -> LoadResult:
-    """``wrk -t1 -cN -dS`` against ``url``; one thread, since it has one CPU to share."""
+def run_wrk(
+    url: str,
+    body_file: Path,
+    concurrency: int,
+    duration_s: float,
+    *,
+    bearer: str | None = None,
+    fresh_tokens: bool = False,
+) -> LoadResult:
+    """``wrk -t1 -cN -dS`` against ``url``; one thread, since it has one CPU to share.
+    ``bearer``: send it as ``Authorization: Bearer``; with ``fresh_tokens``, a new token
+    each request (``<bearer>.<random>-<n>``) instead."""
+    auth = ""
+    if bearer is not None:
+        template = WRK_FRESH_BEARER if fresh_tokens else WRK_BEARER
+        auth = template % _checked(fresh_prefix(bearer) if fresh_tokens else bearer)
     script = body_file.with_suffix(".lua")
-    script.write_text(WRK_LUA % {"body": str(body_file)})
+    script.write_text(WRK_LUA % {"body": str(body_file), "auth": auth})
     seconds = max(1, round(duration_s))
     argv = ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s"]
     proc = subprocess.run(
@@ -96,10 +137,17 @@ def run_loadgen(
     *,
     stream: bool = False,
     expect: str = "",
+    bearer: str | None = None,
+    fresh_tokens: bool = False,
 ) -> LoadResult:
-    """bench/loadgen.py in a subprocess of this Python."""
+    """bench/loadgen.py in a subprocess of this Python (``bearer`` and ``fresh_tokens`` as
+    for :func:`run_wrk`)."""
     argv = [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--body-file", str(body_file)]
     argv += ["--concurrency", str(concurrency), "--duration", str(duration_s)]
+    if bearer is not None and fresh_tokens:
+        argv += ["--fresh-bearer", fresh_prefix(bearer)]
+    elif bearer is not None:
+        argv += ["--bearer", bearer]
     if stream:
         argv.append("--stream")
     if expect:

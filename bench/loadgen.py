@@ -31,6 +31,8 @@ class Load:
     stream: bool = False
     expect: bytes = b""
     timeout_s: float = 30.0
+    bearer: str | None = None  # sent as "Authorization: Bearer <bearer>"
+    fresh_bearer: str | None = None  # ... or "<fresh_bearer><n>", a new token per request
 
 
 @dataclass
@@ -56,9 +58,13 @@ def percentile(values: list[float], pct: float) -> float | None:
     return values[rank - 1]
 
 
-async def _one(session: ClientSession, load: Load, tally: Tally) -> None:
+async def _one(session: ClientSession, load: Load, tally: Tally, number: int) -> None:
     start = time.perf_counter()
     headers = {"Content-Type": "application/json"}
+    if load.fresh_bearer is not None:
+        headers["Authorization"] = f"Bearer {load.fresh_bearer}{number}"
+    elif load.bearer is not None:
+        headers["Authorization"] = f"Bearer {load.bearer}"
     async with session.post(load.url, data=load.body, headers=headers) as response:
         first = await response.content.readany()
         ttfb = time.perf_counter() - start
@@ -82,7 +88,7 @@ async def _worker(session: ClientSession, load: Load, tally: Tally, deadline: fl
             return
         tally.started += 1
         try:
-            await _one(session, load, tally)
+            await _one(session, load, tally, tally.started)
         except (ClientError, TimeoutError, OSError) as exc:
             tally.fail(f"{type(exc).__name__}: {exc}")
 
@@ -132,6 +138,11 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="record time to first byte")
     parser.add_argument("--expect", default="", help="a stream must end with this text")
     parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--bearer", help="send 'Authorization: Bearer BEARER'")
+    auth.add_argument(
+        "--fresh-bearer", metavar="PREFIX", help="a new token each request: PREFIX<n>"
+    )
     args = parser.parse_args()
     if args.body_file:
         with open(args.body_file, "rb") as handle:
@@ -147,6 +158,8 @@ def main() -> None:
         stream=args.stream,
         expect=args.expect.encode(),
         timeout_s=args.timeout,
+        bearer=args.bearer,
+        fresh_bearer=args.fresh_bearer,
     )
     json.dump(asyncio.run(run(load)), sys.stdout)
     sys.stdout.write("\n")

@@ -10,6 +10,7 @@ from drivers import LoadResult
 from scenarios import SCENARIOS, GatewaySpec, Scenario
 
 FLOOR, DIRECT, ONE, TWO = "bare-proxy", "direct", "servegate-1w", "servegate-2w"
+KUBE_ONE = "servegate-1w-kube"  # servegate-1w with --auth kubernetes (bench/fake_kube.py)
 TARGET_THROUGHPUT = 0.9  # of the floor's
 TARGET_ADDED_P50, TARGET_ADDED_P99 = 0.4, 2.0  # ms at c=1, vs direct
 TARGET_IDLE_MIB = 80
@@ -27,6 +28,8 @@ class Row:
     upstream_requests: int | None = None
     ttfb: LoadResult | None = None
     redis_commands_per_req: float | None = None
+    kube_reviews: tuple[int, int] | None = None  # (TokenReviews, SubjectAccessReviews) answered
+    kube_reviews_all: tuple[int, int] | None = None  # ... with the checked request and warm-up
     error: str | None = None  # why there is no result
 
 
@@ -154,6 +157,8 @@ def scenario_table(run: Run, scenario: Scenario) -> list[str]:
         if row is None:
             if not facts.spec.runs(scenario) and facts.spec.only is None:
                 why = "n/a: cannot translate" if "anthropic" in scenario.key else "n/a: no limits"
+                if scenario.kube_auth:
+                    why = "n/a: no Kubernetes auth"
                 rows.append([facts.spec.name, why, *[""] * (len(header) - 2)])
             continue
         r = row.result
@@ -180,7 +185,27 @@ def scenario_table(run: Run, scenario: Scenario) -> list[str]:
             f"Redis round trips per request (commands clients sent, from INFO commandstats; "
             f"what the admission script runs inside Redis is not counted): {counts}.",
         ]
+    reviews = [r for r in run.rows if r.scenario == scenario.key and r.kube_reviews]
+    if reviews:
+        lines += ["", "Reviews the fake Kubernetes API server answered (TokenReviews + "
+                  "SubjectAccessReviews): " + "; ".join(_reviews(r) for r in reviews) + "."]  # fmt: skip
     return lines
+
+
+def _reviews(row: Row) -> str:
+    """``row``'s reviews: during the measurement, and in all for its scenario."""
+    assert row.kube_reviews is not None
+    token, access = row.kube_reviews
+    done = row.result.requests if row.result else 0
+    per = f"{(token + access) / done:.3f} reviews a request" if done else "-"
+    text = f"{row.gateway} {token:,} + {access:,} during the measurement ({done:,} requests, {per})"
+    if row.kube_reviews_all is not None:
+        token, access = row.kube_reviews_all
+        text += (
+            f", {token:,} + {access:,} in all for this scenario (its checked request, warm-up "
+            "and measurement)"
+        )
+    return text
 
 
 def _cpu_delta(a: Row, b: Row) -> float | None:
@@ -210,16 +235,17 @@ def throughput_lines(run: Run) -> list[str]:
 def latency_lines(run: Run) -> list[str]:
     direct = run.result(DIRECT, "chat-c1")
     rows = []
-    for facts in run.gateways:
-        mine = run.result(facts.spec.name, "chat-c1")
+    for facts, key in [(f, s.key) for f in run.gateways for s in SCENARIOS if s.latency_run]:
+        mine = run.result(facts.spec.name, key)
         if mine is None or direct is None or facts.spec.kind == "direct":
             continue
+        name = facts.spec.name if key == "chat-c1" else f"{facts.spec.name} (`{key}`)"
         p50 = None if mine.p50_ms is None or direct.p50_ms is None else mine.p50_ms - direct.p50_ms
         p99 = None if mine.p99_ms is None or direct.p99_ms is None else mine.p99_ms - direct.p99_ms
         servegate = facts.spec.kind == "servegate"
         ok50 = None if p50 is None or not servegate else p50 <= TARGET_ADDED_P50
         ok99 = None if p99 is None or not servegate else p99 <= TARGET_ADDED_P99
-        rows.append([facts.spec.name, _f(p50, 3) + _mark(ok50), _f(p99, 3) + _mark(ok99)])
+        rows.append([name, _f(p50, 3) + _mark(ok50), _f(p99, 3) + _mark(ok99)])
     header = ["gateway", f"added p50 ms (target <= {TARGET_ADDED_P50})"]
     return _table([*header, f"added p99 ms (target <= {TARGET_ADDED_P99})"], rows)
 
@@ -246,7 +272,8 @@ def feature_lines(run: Run) -> list[str]:
     rows = []
     for facts in run.gateways:
         name = facts.spec.name
-        pairs = [(s.key, s.baseline, name) for s in SCENARIOS if s.baseline]
+        baselines = facts.spec.baseline_gateway or name
+        pairs = [(s.key, s.baseline, baselines) for s in SCENARIOS if s.baseline]
         if facts.spec.kind == "servegate":
             pairs.append(("chat-c64", "chat-c64", FLOOR))
         for key, base_key, base_gateway in pairs:
@@ -255,9 +282,22 @@ def feature_lines(run: Run) -> list[str]:
             if not (mine and base and mine.result and base.result):
                 continue
             what = f"{key} vs {base_key}" if base_gateway == name else f"{key} vs {base_gateway}"
+            if base_gateway != name and base_key != key:
+                what = f"{key} vs {base_key} on {base_gateway}"
             rps = _ratio(mine.result.rps, base.result.rps)
             rows.append([name, what, _f(rps), _f(_cpu_delta(mine, base), 3)])
-    return _table(["gateway", "comparison", "RPS ratio", "added CPU-ms/req"], rows)
+    lines = _table(["gateway", "comparison", "RPS ratio", "added CPU-ms/req"], rows)
+    reviewed = [r for r in run.rows if r.kube_reviews]
+    if reviewed:
+        lines += [
+            "",
+            f"`{KUBE_ONE}` is `{ONE}` started with `--auth kubernetes`, its callers "
+            "checked by the fake Kubernetes API server (`bench/fake_kube.py`), whose CPU "
+            "is not counted. Reviews it answered (TokenReviews + SubjectAccessReviews):",
+            "",
+        ]
+        lines += [f"- `{r.scenario}`: {_reviews(r)}" for r in reviewed]  # fmt: skip
+    return lines
 
 
 def ratio_lines(run: Run) -> list[str]:
@@ -287,7 +327,7 @@ def memory_lines(run: Run) -> list[str]:
             ok = idle < TARGET_IDLE_MIB
         rows.append([f"{facts.spec.name} (CPUs {facts.spec.cpus})",
                      _f(facts.startup_s, 3), _f(idle, 1) + _mark(ok), _f(peak, 1),
-                     facts.error or _each(facts.idle_rss_each_kib)])  # fmt: skip
+                     facts.error or _each(facts.idle_rss_each_kib) or facts.spec.note])  # fmt: skip
     header = ["gateway", "startup s (start → ready)", f"idle RSS MiB (target < {TARGET_IDLE_MIB})"]
     return _table([*header, "peak RSS MiB", "note"], rows)
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fake_kube import TOKEN
 from gateway_config import CHAT, CLAUDE, EMBED, GOVERNED, LIMITED
 
 Kind = Literal["direct", "bare", "servegate"]
+Auth = Literal["file", "kubernetes"]
 
 MESSAGES = [
     {"role": "system", "content": "You are a terse assistant."},
@@ -40,6 +42,9 @@ class Scenario:
     servegate_only: bool = False  # needs translation or limits: n/a for direct and bare
     needs_redis: bool = False
     baseline: str | None = None  # the scenario it is compared with, on the same gateway
+    bearer: str | None = None  # every request sends "Authorization: Bearer <bearer>"
+    fresh_tokens: bool = False  # ... "<bearer>.<run>-<n>" instead: a new token per request
+    kube_auth: bool = False  # only for a servegate started with --auth kubernetes
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -95,7 +100,47 @@ SCENARIOS: tuple[Scenario, ...] = (
         servegate_only=True,
         baseline="chat-c64",
     ),
+    # Kubernetes auth (bench/fake_kube.py answers the reviews), in this order on one gateway
+    # process: the first request of kube-auth-c64 fills the caches, kube-auth-c1 finds them
+    # warm, kube-auth-nocache (a new token every request) misses every time.
+    Scenario(
+        "kube-auth-c64",
+        "Unary chat with Kubernetes auth, reviews cached (one token), c=64",
+        "/v1/chat/completions",
+        chat(CHAT),
+        64,
+        servegate_only=True,
+        baseline="chat-c64",
+        bearer=TOKEN,
+        kube_auth=True,
+    ),
+    Scenario(
+        "kube-auth-c1",
+        "Unary chat with Kubernetes auth, reviews cached (one token), c=1 (added latency)",
+        "/v1/chat/completions",
+        chat(CHAT),
+        1,
+        latency_run=True,
+        servegate_only=True,
+        baseline="chat-c1",
+        bearer=TOKEN,
+        kube_auth=True,
+    ),
+    Scenario(
+        "kube-auth-nocache",
+        "Unary chat with Kubernetes auth, a new token every request (every review a cache "
+        "miss), c=64",
+        "/v1/chat/completions",
+        chat(CHAT),
+        64,
+        servegate_only=True,
+        baseline="chat-c64",
+        bearer=TOKEN,
+        fresh_tokens=True,
+        kube_auth=True,
+    ),
 )
+KUBE_AUTH = tuple(s.key for s in SCENARIOS if s.kube_auth)
 
 
 @dataclass(frozen=True)
@@ -106,8 +151,12 @@ class GatewaySpec:
     cpus: str | None = None  # taskset CPU list; None for direct (no process)
     only: tuple[str, ...] | None = None  # scenario keys; None = every applicable one
     note: str = ""
+    auth: Auth = "file"  # servegate's --auth
+    baseline_gateway: str | None = None  # where its scenarios' baselines ran (None: itself)
 
     def runs(self, scenario: Scenario) -> bool:
         if self.only is not None and scenario.key not in self.only:
+            return False
+        if scenario.kube_auth != (self.auth == "kubernetes"):
             return False
         return self.kind == "servegate" or not scenario.servegate_only

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 import drivers
+import fake_kube
 import machine
 import profiling
 import snapshot
@@ -41,12 +42,13 @@ from procs import (
     rss_each_kib,
     rss_kib,
 )
-from report import ONE, GatewayFacts, Row, Run, render
-from scenarios import SCENARIOS, GatewaySpec, Scenario
+from report import KUBE_ONE, ONE, GatewayFacts, Row, Run, render
+from scenarios import KUBE_AUTH, SCENARIOS, GatewaySpec, Scenario
 
 HERE = Path(__file__).resolve().parent
 CHUNKS = 50
 PROFILED = ("chat-c64", "stream-c16", "limited-c64")
+KUBE_LATENCY_MS = 1.0  # the fake Kubernetes API server's time to answer a review
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ class Env:
     uvloop: bool  # servegate runs on uvloop, so the bare proxy does too
     workers_flag: bool
     wrk: bool
+    kube_url: str = ""  # the fake Kubernetes API server (bench/fake_kube.py), if started
+    kubeconfig: Path | None = None  # ... and the gateway's kubeconfig for it
 
 
 def parse_args() -> Settings:
@@ -129,9 +133,19 @@ def upstream_stats(env: Env) -> dict[str, int]:
         return data
 
 
-def smoke(url: str, body: bytes, stream: bool) -> str | None:
+def kube_reviews(env: Env) -> tuple[int, int]:
+    """(TokenReviews, SubjectAccessReviews) the fake Kubernetes API server has answered."""
+    with urllib.request.urlopen(env.kube_url + "/_counts", timeout=5) as response:
+        data: dict[str, int] = json.load(response)
+    return data["tokenreviews"], data["subjectaccessreviews"]
+
+
+def smoke(url: str, body: bytes, stream: bool, bearer: str | None = None) -> str | None:
     """One request: None if it answered 200 (and a stream ended with [DONE]), else why not."""
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             text = response.read()
@@ -156,10 +170,16 @@ class Bench:
 
     def drive(self, scenario: Scenario, url: str, seconds: float) -> LoadResult:
         body = self.body_file(scenario)
+        bearer, fresh = scenario.bearer, scenario.fresh_tokens
         if scenario.latency_run or not self.env.wrk:
             expect = "[DONE]" if scenario.stream else ""
-            return drivers.run_loadgen(url, body, scenario.concurrency, seconds, expect=expect)
-        return drivers.run_wrk(url, body, scenario.concurrency, seconds)
+            return drivers.run_loadgen(
+                url, body, scenario.concurrency, seconds,
+                expect=expect, bearer=bearer, fresh_tokens=fresh,
+            )  # fmt: skip
+        return drivers.run_wrk(
+            url, body, scenario.concurrency, seconds, bearer=bearer, fresh_tokens=fresh
+        )
 
     def start(self, spec: GatewaySpec, facts: GatewayFacts) -> tuple[Proc | None, str]:
         if spec.kind == "direct":
@@ -180,8 +200,15 @@ class Bench:
                 argv += ["--workers", str(spec.workers)]
             if self.env.redis_url:
                 argv += ["--redis-url", self.env.redis_url]
+            if spec.auth == "kubernetes":
+                if self.env.kubeconfig is None:
+                    raise ProcessFailed("no fake Kubernetes API server for --auth kubernetes")
+                argv += ["--auth", "kubernetes", "--kubeconfig", str(self.env.kubeconfig)]
+                argv += ["--auth-audience", fake_kube.AUDIENCE]
+                argv += ["--auth-namespace", fake_kube.NAMESPACE]
             shown = " ".join(argv[1:]).replace(str(self.env.tmp), "$TMP")
-            self.run.settings.setdefault("servegate command", f"`python {shown}`")
+            what = "servegate command" + (", Kubernetes auth" if spec.auth == "kubernetes" else "")
+            self.run.settings.setdefault(what, f"`python {shown}`")
             proc = Proc(spec.name, argv, log, spec.cpus, env=self.env.servegate_env)
             self.stack.callback(proc.stop)
             url = f"http://127.0.0.1:{port}/readyz"
@@ -197,17 +224,27 @@ class Bench:
             row.error = "redis-server is not installed"
             return row
         url = base + scenario.path
-        row.error = smoke(url, json.dumps(scenario.body).encode(), scenario.stream)
+        kube = scenario.kube_auth
+        reviews_start = kube_reviews(self.env) if kube else (0, 0)
+        bearer = scenario.bearer
+        if bearer is not None and scenario.fresh_tokens:
+            bearer = drivers.fresh_prefix(bearer) + "0"
+        row.error = smoke(url, json.dumps(scenario.body).encode(), scenario.stream, bearer)
         if row.error:
             return row
         print(f"bench: {spec.name} x {scenario.key}", flush=True)
         try:
             self.drive(scenario, url, self.settings.warmup)
             redis = self.env.redis_port if scenario.needs_redis else None
+            reviews_before = kube_reviews(self.env) if kube else (0, 0)
             before, cpu_before = upstream_stats(self.env), cpu_seconds(proc.pid) if proc else 0.0
             redis_before = redis_commands(redis) if redis else 0
             row.result = self.drive(scenario, url, self.settings.duration)
             after, cpu_after = upstream_stats(self.env), cpu_seconds(proc.pid) if proc else 0.0
+            if kube:
+                reviews_after = kube_reviews(self.env)
+                row.kube_reviews = _minus(reviews_after, reviews_before)
+                row.kube_reviews_all = _minus(reviews_after, reviews_start)
             if redis:
                 done = max(row.result.requests, 1)
                 row.redis_commands_per_req = (redis_commands(redis) - redis_before - 1) / done
@@ -303,12 +340,27 @@ class Bench:
                 proc.stop()
 
 
+def _minus(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    return a[0] - b[0], a[1] - b[1]
+
+
 def gateways(settings: Settings, workers_flag: bool, run: Run) -> list[GatewaySpec]:
     cpus = settings.gateway_cpus
     specs = [
         GatewaySpec("direct", "direct", note="the load generator talks to the upstream"),
         GatewaySpec("bare-proxy", "bare", cpus=cpus),
         GatewaySpec(ONE, "servegate", 1, cpus),
+        GatewaySpec(
+            KUBE_ONE,
+            "servegate",
+            1,
+            cpus,
+            only=KUBE_AUTH,
+            note="servegate-1w with --auth kubernetes: imports the kubernetes package to read "
+            "its kubeconfig (a pod's in-cluster configuration does not)",
+            auth="kubernetes",
+            baseline_gateway=ONE,
+        ),
     ]
     if not workers_flag:
         run.notes.append(
@@ -353,6 +405,21 @@ def start_services(settings: Settings, env_tmp: Path, stack: ExitStack, run: Run
     stack.callback(upstream.stop)
     upstream.wait_port(port)
     url = f"http://127.0.0.1:{port}"
+    kport = free_port()
+    argv = [sys.executable, str(HERE / "fake_kube.py"), "--port", str(kport)]
+    kube = Proc(
+        "fake-kube",
+        [*argv, "--latency-ms", str(KUBE_LATENCY_MS)],
+        env_tmp / "fake-kube.log",
+        settings.load_cpus,
+    )
+    stack.callback(kube.stop)
+    kube.wait_port(kport)
+    kube_url = f"http://127.0.0.1:{kport}"
+    run.settings["fake Kubernetes API server"] = (
+        f"bench/fake_kube.py, plain HTTP, {KUBE_LATENCY_MS:g} ms per review, on the load CPU; "
+        f"`{KUBE_ONE}` checks callers with it"
+    )
     redis_url, rport = None, 0
     binary = shutil.which("redis-server")
     if binary:
@@ -396,6 +463,8 @@ def start_services(settings: Settings, env_tmp: Path, stack: ExitStack, run: Run
         uvloop=uvloop,
         workers_flag=machine.servegate_has_workers(servegate_env),
         wrk=wrk,
+        kube_url=kube_url,
+        kubeconfig=fake_kube.write_kubeconfig(env_tmp / "kubeconfig", kube_url),
     )
 
 
