@@ -72,7 +72,7 @@ class OpenAIStream(StreamTranslator):
                 self._done = True
                 continue
             chunk = self._parse(event.data)
-            usage = Usage.from_openai(chunk.get("usage"))
+            usage = Usage.from_openai(chunk["usage"]) if "usage" in chunk else None
             if usage is not None:
                 self.usage = usage
             if not self._fold_usage:
@@ -85,7 +85,7 @@ class OpenAIStream(StreamTranslator):
             if self._held is not None:
                 frames.append(encode_data(orjson.dumps(self._held)))
                 self._held = None
-            if choices and any(c.get("finish_reason") for c in choices if isinstance(c, dict)):
+            if choices and _finishes(choices):
                 self._held = chunk
             else:
                 frames.append(encode_data(event.data))
@@ -103,6 +103,16 @@ class OpenAIStream(StreamTranslator):
         if "error" in chunk and "choices" not in chunk:
             raise UpstreamError(self._provider.name, 500, self._provider.decode_error_body(data))
         return chunk
+
+
+def _finishes(choices: object) -> bool:
+    """Whether a chunk's choices carry a ``finish_reason`` (the chunk to hold for usage)."""
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:  # noqa: SIM110 (no generator object per streamed event)
+        if isinstance(choice, dict) and choice.get("finish_reason"):
+            return True
+    return False
 
 
 class OpenAIFormatProvider(Provider):

@@ -8,15 +8,17 @@ other field (``event:``, ``id:``, ``retry:`` or a ``:`` comment).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DONE = b"[DONE]"
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
-    """One dispatched event. ``data`` joins multi-line data with ``\\n``, as the spec says."""
+class SSEEvent(NamedTuple):
+    """One dispatched event. ``data`` joins multi-line data with ``\\n``, as the spec says.
+
+    A named tuple, not a dataclass: one is made per streamed event, and a tuple is made in
+    half the time of a frozen dataclass."""
 
     data: bytes
     event: str | None = None
