@@ -151,3 +151,37 @@ def summarize(text: str, top: int = 15) -> str:
     ours = [(f, n) for f, n in inclusive.most_common() if f.area.startswith("servegate")]
     lines += [f"| {f.label} | {pct(n)} |" for f, n in ours[: top + 5]]
     return "\n".join(lines)
+
+
+def per_request(text: str, rps: float, seconds: float, rate: int = 250) -> dict[str, float]:
+    """Microseconds of GIL-holding time per request, by package of the leaf frame.
+
+    A sample stands for 1/``rate`` s of one thread holding the GIL; spread over the
+    ``rps * seconds`` requests served while recording, it gives the interpreter time each
+    request cost in each package (system calls made without the GIL are not in it)."""
+    scale = 1e6 / rate / max(rps * seconds, 1.0)
+    spent: dict[str, float] = {}
+    for frames, count in parse(text):
+        if frames:
+            area_name = frames[-1].area
+            spent[area_name] = spent.get(area_name, 0.0) + count * scale
+    return spent
+
+
+def gap_table(
+    ours: dict[str, float], floor: dict[str, float], name: str, top: int = 14
+) -> list[str]:
+    """``ours`` against ``floor`` (per_request of each), as Markdown rows: where the extra
+    time of every request goes."""
+    lines = [f"| package | {name} µs/request | bare-proxy µs/request | difference |"]
+    lines.append("|---|---|---|---|")
+    for area_name, spent in sorted(ours.items(), key=lambda item: -item[1])[:top]:
+        if spent < 0.5 and floor.get(area_name, 0.0) < 0.5:
+            continue
+        there = floor.get(area_name, 0.0)
+        lines.append(f"| {area_name} | {spent:.1f} | {there:.1f} | {spent - there:+.1f} |")
+    total, total_floor = sum(ours.values()), sum(floor.values())
+    lines.append(
+        f"| **all** | **{total:.1f}** | **{total_floor:.1f}** | **{total - total_floor:+.1f}** |"
+    )
+    return lines

@@ -118,6 +118,8 @@ class Run:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profile: str = ""
+    gap: str = ""
+    """The per-request comparison of servegate's profile with the floor's (chat-c64)."""
     slow: SlowStreams | None = None
 
     def row(self, gateway: str, scenario: str) -> Row | None:
@@ -459,6 +461,8 @@ def render(run: Run) -> str:
             *scenario_table(run, scenario),
             "",
         ]
+    if run.gap:
+        lines += ["## Where the time goes: servegate against the floor", "", run.gap, ""]
     if run.profile:
         lines += ["## Profile", "", run.profile]
     return "\n".join(lines).rstrip() + "\n"
