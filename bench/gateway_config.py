@@ -10,6 +10,8 @@ Four endpoints, all pointing at the fake upstream:
 - ``bench-chat-governed``: OpenAI chat with usage tracking (rows as JSON log lines, the
   default sink) and PII masking on input and output, so every request and answer is
   scanned and recorded.
+- ``bench-chat-usage`` and ``bench-chat-pii``: each half of that alone (usage tracking;
+  PII masking on input and output), so each feature's cost can be read separately.
 - ``bench-slow-<i>`` (only when ``write_config`` is given ``slow_upstreams``): OpenAI chat
   (passthrough), one endpoint per upstream port, for ``bench/slow_streams.py``.
 
@@ -29,6 +31,8 @@ EMBED = "bench-embed"
 CLAUDE = "bench-claude"
 LIMITED = "bench-chat-limited"
 GOVERNED = "bench-chat-governed"
+USAGE = "bench-chat-usage"
+PII = "bench-chat-pii"
 SLOW = "bench-slow-{}"  # .format(i): the slow-stream endpoint on the i-th slow upstream
 
 OPENAI_KEY = "sk-bench"
@@ -112,6 +116,16 @@ def write_config(root: Path, upstream: str, slow_upstreams: Sequence[str] = ()) 
         CLAUDE: _manifest(CLAUDE, claude, None),
         LIMITED: _manifest(LIMITED, _openai("gpt-4o-mini", "llm/v1/chat", upstream), limits),
         GOVERNED: _manifest(GOVERNED, _openai("gpt-4o-mini", "llm/v1/chat", upstream), governed),
+        USAGE: _manifest(
+            USAGE,
+            _openai("gpt-4o-mini", "llm/v1/chat", upstream),
+            {"usage_tracking_config": governed["usage_tracking_config"]},
+        ),
+        PII: _manifest(
+            PII,
+            _openai("gpt-4o-mini", "llm/v1/chat", upstream),
+            {"guardrails": governed["guardrails"]},
+        ),
     }
     for i, base in enumerate(slow_upstreams):
         name = SLOW.format(i)

@@ -289,6 +289,11 @@ def feature_lines(run: Run) -> list[str]:
             rps = _ratio(mine.result.rps, base.result.rps)
             rows.append([name, what, _f(rps), _f(_cpu_delta(mine, base), 3)])
     lines = _table(["gateway", "comparison", "RPS ratio", "added CPU-ms/req"], rows)
+    lines += [
+        "",
+        "Metrics are always on, so no scenario shows their cost; it is the "
+        '`prometheus_client` row of "Where the time goes" below (interpreter time per request).',
+    ]
     reviewed = [r for r in run.rows if r.kube_reviews]
     if reviewed:
         lines += [

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fake_kube import TOKEN
-from gateway_config import CHAT, CLAUDE, EMBED, GOVERNED, LIMITED
+from gateway_config import CHAT, CLAUDE, EMBED, GOVERNED, LIMITED, PII, USAGE
 
 Kind = Literal["direct", "bare", "servegate"]
 Auth = Literal["file", "kubernetes"]
@@ -72,6 +72,24 @@ SCENARIOS: tuple[Scenario, ...] = (
         "Unary chat with usage tracking and PII masking (input and output), c=64",
         "/v1/chat/completions",
         chat(GOVERNED),
+        64,
+        servegate_only=True,
+        baseline="chat-c64",
+    ),
+    Scenario(
+        "usage-c64",
+        "Unary chat with usage tracking alone, c=64",
+        "/v1/chat/completions",
+        chat(USAGE),
+        64,
+        servegate_only=True,
+        baseline="chat-c64",
+    ),
+    Scenario(
+        "pii-c64",
+        "Unary chat with PII masking alone (input and output), c=64",
+        "/v1/chat/completions",
+        chat(PII),
         64,
         servegate_only=True,
         baseline="chat-c64",
