@@ -70,12 +70,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         run("kind", "load", "docker-image", IMAGE, "--name", name)
         config = helm_python.Config(kubeconfig_path=str(kubeconfig), namespace="servegate-system")
-        image = {"repository": "servegate", "tag": "e2e", "pullPolicy": "Never"}
-        values = {"image": image, "gateway": {"image": image, "replicas": 1}}
         config.install(
             str(REPO / "helm" / "servegate"),
             "servegate",
-            values,
+            INSTALL_VALUES,
             namespace="servegate-system",
             create_namespace=True,
             wait="watcher",
@@ -84,6 +82,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield kubeconfig
     finally:
         run("kind", "delete", "cluster", "--name", name)
+
+
+E2E_IMAGE = {"repository": "servegate", "tag": "e2e", "pullPolicy": "Never"}
+#: The chart's values for the e2e install: the image kind loaded, one gateway replica, the
+#: default Kubernetes auth (callers query with a ServiceAccount token, as NOTES.txt says).
+INSTALL_VALUES: dict[str, Any] = {
+    "operator": {"image": E2E_IMAGE},
+    "gateway": {"image": E2E_IMAGE, "replicas": 1},
+}
 
 
 def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
@@ -134,6 +141,19 @@ def test_helm_install_apply_and_query(cluster: Path) -> None:
     kubectl(
         cluster, "wait", "--for=condition=Ready", "servingendpoint/embeddings", "--timeout=300s"
     )
+    # The gateway checks callers with TokenReview and SubjectAccessReview: a ServiceAccount
+    # with a Role that grants `query` on both endpoints, and a token for the audience.
+    kubectl(cluster, "create", "serviceaccount", "e2e-client")
+    kubectl(
+        cluster, "create", "role", "e2e-query", "--verb=query",
+        "--resource=servingendpoints.servegate.io",
+        "--resource-name=embeddings", "--resource-name=completions",
+    )  # fmt: skip
+    kubectl(
+        cluster, "create", "rolebinding", "e2e-query", "--role=e2e-query",
+        "--serviceaccount=default:e2e-client",
+    )  # fmt: skip
+    token = kubectl(cluster, "create", "token", "e2e-client", "--audience", "servegate").strip()
     listed = json.loads(kubectl(cluster, "get", "servingendpoints", "-o", "json"))
     assert {item["status"]["state"]["ready"] for item in listed["items"]} == {"READY"}
 
@@ -153,9 +173,7 @@ def test_helm_install_apply_and_query(cluster: Path) -> None:
     try:
         assert forward.stdout is not None
         forward.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> 8080"
-        client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{port}/serving-endpoints", api_key="unused"
-        )
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/serving-endpoints", api_key=token)
         deadline = time.monotonic() + 120
         while True:
             try:

@@ -502,6 +502,21 @@ def test_values_schema_accepts_the_documented_values(scenario: str) -> None:
     chart().validate_schema(SCENARIOS[scenario])
 
 
+def test_the_kind_suites_install_values_are_valid_and_reach_the_pods() -> None:
+    """The kind suite cannot run here; its install values can be checked: the schema takes
+    them, and the operator's Deployment runs the image kind loaded, never pulled."""
+    from tests.e2e.test_kind import E2E_IMAGE, INSTALL_VALUES
+
+    chart().validate_schema(INSTALL_VALUES)
+    rendered = yaml.safe_load(render_raw(INSTALL_VALUES)["servegate/templates/deployment.yaml"])
+    [container] = rendered["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"{E2E_IMAGE['repository']}:{E2E_IMAGE['tag']}"
+    assert container["imagePullPolicy"] == "Never"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SERVEGATE_GATEWAY_IMAGE"] == container["image"]
+    assert env["SERVEGATE_GATEWAY_AUTH"] == "kubernetes"  # the suite queries with a token
+
+
 def test_values_yaml_matches_the_schema_and_is_commented() -> None:
     text = (CHART / "values.yaml").read_text()
     chart().validate_schema(yaml.safe_load(text))
