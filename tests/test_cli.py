@@ -70,6 +70,44 @@ def test_serve_refuses_a_public_address_without_auth(tmp_path: Path) -> None:
     assert "--auth-file" in result.stderr and "--insecure-no-auth" in result.stderr
 
 
+def test_serve_says_when_it_accepts_anyone(tmp_path: Path) -> None:
+    """Without auth on loopback it serves and says so at start; on a public address it
+    starts only with --insecure-no-auth, and says that too."""
+    examples = str(REPO / "examples")
+    cases = (
+        ("127.0.0.1", [], "accepting unauthenticated requests"),
+        ("0.0.0.0", ["--insecure-no-auth"], "ANYONE who can reach 0.0.0.0 may query"),
+    )
+    for host, extra, warning in cases:
+        gateway = GatewayProcess(
+            ["serve", examples, "--host", host, "--no-watch", *extra], tmp_path / f"{host}.log"
+        )
+        try:
+            port = gateway.url.rsplit(":", 1)[1]
+            ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            assert ready.status_code == 200
+        finally:
+            gateway.stop()
+        assert warning in gateway.logs()
+
+
+def test_the_gateway_never_imports_the_operator() -> None:
+    """The gateway runs without the operator: importing and building it loads neither
+    servegate_operator nor kopf (the operator imports the gateway's spec, never the
+    reverse)."""
+    probe = (
+        "import sys, servegate.cli, servegate.server, servegate.app, servegate.pipeline;"
+        "from pathlib import Path;"
+        "servegate.app.create_app(servegate.app.GatewaySettings(paths=(Path('examples'),),"
+        " watch=False));"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in"
+        " ('servegate_operator', 'kopf')))"
+    )
+    result = run("-c", probe, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_serve_reports_a_bad_auth_file(tmp_path: Path) -> None:
     auth = tmp_path / "auth.yaml"
     auth.write_text("tokens: [{name: ana, sha256: not-hex}]\n")

@@ -288,7 +288,9 @@ async def _attempt(
             request[keys.access].status = status
             watch.answered(tap, None)
             return outcome.response
-        translated = provider.parse_response(query, body)
+        translated = provider.complete_usage(
+            query, provider.parse_response(query, body), upstream.headers
+        )
         status, usage = 200, translated.usage
         payload = translated.raw if translated.raw is not None else orjson.dumps(translated.body)
         if watch.record is not None:

@@ -335,6 +335,27 @@ async def test_upstream_errors_are_wrapped_with_their_status(
     assert "Unexpected error" not in body["message"]
 
 
+async def test_a_provider_message_never_makes_databricks_sdk_retry(
+    client: Client, openai_sim: str
+) -> None:
+    """databricks-sdk retries any error whose message holds "Unexpected error": a provider's
+    own text is passed on with that one phrase lower-cased, in a body and in a stream."""
+    said = {"error": {"message": "Unexpected error occurred, sorry", "type": "server_error"}}
+    await sim(
+        openai_sim,
+        "POST",
+        "/_sim/faults",
+        {"model": "gpt-4o-mini", "status": 500, "body": said, "times": 1},
+    )
+    resp = await client.post(
+        "/serving-endpoints/chat/invocations", json={"messages": [{"role": "user", "content": "x"}]}
+    )
+    body = await resp.json()
+    assert resp.status == 500
+    assert "Unexpected error" not in body["message"]
+    assert "unexpected error occurred, sorry" in body["message"]
+
+
 async def test_upstream_timeout_is_504(
     workspace: Workspace,
     openai_sim: str,
@@ -397,12 +418,12 @@ async def test_malformed_upstream_body_is_502(client: Client, openai_sim: str) -
 
 async def test_read_api_shapes(client: Client) -> None:
     for path in ("/api/2.0/serving-endpoints", "/api/2.0/serving-endpoints/"):
-        resp = await client.get(path)
+        resp = await client.get(path, allow_redirects=False)  # both answered, no redirect
         assert resp.status == 200
         names = [ep["name"] for ep in (await resp.json())["endpoints"]]
         assert names == ["chat", "comp", "emb", "split"]
     for path in ("/api/2.0/serving-endpoints/split", "/api/2.0/serving-endpoints/split/"):
-        resp = await client.get(path)
+        resp = await client.get(path, allow_redirects=False)
         assert resp.status == 200
         ep = await resp.json()
         assert ep["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}

@@ -329,3 +329,21 @@ async def test_a_slow_stream_that_has_started_is_not_cut_by_the_deadline(
     assert resp.status == 200
     assert lines[-1] == "data: [DONE]"
     assert all("error" not in orjson.loads(line[6:]) for line in lines[:-1])
+
+
+async def test_a_stream_that_goes_silent_mid_way_ends_with_an_idle_timeout_event(
+    client: Client, openai_sim: str
+) -> None:
+    """After its first event a stream is held to the idle timeout alone: a gap longer than it
+    ends the stream in-band (504's code), with the events before it intact."""
+    await fault(openai_sim, model="gpt-4o-mini", chunk_delay_ms=DEADLINE_S * 1000 * 3)
+    started = time.monotonic()
+    resp = await client.post("/serving-endpoints/openai/invocations", json={**CHAT, "stream": True})
+    lines = [line for line in (await resp.read()).decode().split("\n") if line]
+    assert resp.status == 200
+    assert lines[-1] == "data: [DONE]"
+    error = orjson.loads(lines[-2].removeprefix("data: "))
+    assert error["error_code"] == "DEADLINE_EXCEEDED"
+    assert "sent nothing for" in error["message"]
+    assert len(lines) >= 3  # the first event reached the client before the silence
+    assert time.monotonic() - started < DEADLINE_S * 3

@@ -76,6 +76,9 @@ class GatewayError(Exception):
         error_code: str | None = None,
         retry_after: int | None = None,
     ) -> None:
+        # databricks-sdk retries any error whose message holds "Unexpected error" (case and
+        # all): a provider's own text must not make a client retry what it should not.
+        message = message.replace("Unexpected error", "unexpected error")
         super().__init__(message)
         self.message = message
         if status is not None:

@@ -169,6 +169,14 @@ class Provider(ABC):
     @abstractmethod
     def parse_response(self, query: QueryRequest, body: bytes) -> Translated: ...
 
+    def complete_usage(
+        self, query: QueryRequest, translated: Translated, headers: Mapping[str, str]
+    ) -> Translated:
+        """A unary answer whose body carries no token counts, completed from the response
+        headers where a provider sends them there instead (Bedrock's InvokeModel does).
+        The default: the answer as it is."""
+        return translated
+
     @abstractmethod
     def stream(self, query: QueryRequest) -> StreamTranslator: ...
 

@@ -284,6 +284,23 @@ class BedrockProvider(Provider):
         )
         return Translated(completion, usage)
 
+    def complete_usage(
+        self, query: QueryRequest, translated: Translated, headers: Mapping[str, str]
+    ) -> Translated:
+        """InvokeModel reports its token counts in ``X-Amzn-Bedrock-Input-Token-Count`` and
+        ``-Output-Token-Count``; Cohere's embed body has none, so they come from there."""
+        if translated.usage is not None or translated.body is None:
+            return translated
+        prompt = _token_header(headers, "X-Amzn-Bedrock-Input-Token-Count")
+        if prompt is None:
+            return translated
+        completion = _token_header(headers, "X-Amzn-Bedrock-Output-Token-Count") or 0
+        usage = Usage(prompt, completion)
+        reported: dict[str, int] = usage.to_openai()
+        if query.task == Task.EMBEDDINGS:  # OpenAI's embedding usage has no completion side
+            reported = {"prompt_tokens": prompt, "total_tokens": prompt}
+        return Translated({**translated.body, "usage": reported}, usage)
+
     def stream(self, query: QueryRequest) -> StreamTranslator:
         return BedrockStream(self, query, invoke=self.api(query.task) is Api.INVOKE)
 
@@ -437,3 +454,11 @@ class BedrockStream(StreamTranslator):
         return UpstreamUnavailable(
             f"Provider '{self._provider.name}' sent a stream event that is not JSON."
         )
+
+
+def _token_header(headers: Mapping[str, str], name: str) -> int | None:
+    """A token count header: plain digits only (anything else counts as absent)."""
+    value = headers.get(name, "").strip()
+    if value.isascii() and value.isdigit() and len(value) <= 9:
+        return int(value)
+    return None

@@ -692,7 +692,7 @@ def test_titan_embedding_float_and_base64() -> None:
     assert base64.b64decode("AAAAPwAAgL8=") == b"\x00\x00\x00?\x00\x00\x80\xbf"
 
 
-def test_cohere_embeddings_report_no_usage_rather_than_zero() -> None:
+def test_cohere_embeddings_take_their_usage_from_the_invoke_headers() -> None:
     bedrock = provider("cohere.embed-english-v3", "cohere", "llm/v1/embeddings")
     upstream = {
         "embeddings": [[0.1], [0.2]],
@@ -702,7 +702,17 @@ def test_cohere_embeddings_report_no_usage_rather_than_zero() -> None:
     }
     body, usage = parse(bedrock, Task.EMBEDDINGS, {"input": ["a", "b"]}, upstream)
     assert [d["embedding"] for d in body["data"]] == [[0.1], [0.2]]
-    assert body["usage"] is None and usage is None
+    assert body["usage"] is None and usage is None  # until the headers complete it:
+    query = parse_query(Task.EMBEDDINGS, {"input": ["a", "b"]})
+    answer = bedrock.parse_response(query, orjson.dumps(upstream))
+    counted = bedrock.complete_usage(query, answer, {"X-Amzn-Bedrock-Input-Token-Count": "2"})
+    assert counted.usage == Usage(2, 0)
+    assert counted.body is not None
+    assert counted.body["usage"] == {"prompt_tokens": 2, "total_tokens": 2}
+    assert orjson.loads(counted.raw or b"")["usage"]["prompt_tokens"] == 2
+    for bad in ("", "-1", "2.5", "٣", "9" * 12):  # garbage counts as absent, never a 500
+        junk = {"X-Amzn-Bedrock-Input-Token-Count": bad}
+        assert bedrock.complete_usage(query, answer, junk).usage is None
     typed = {
         "embeddings": {"float": [[0.3]]},
         "id": "e2",

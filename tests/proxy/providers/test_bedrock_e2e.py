@@ -271,7 +271,9 @@ def test_embeddings(oai: openai.OpenAI) -> None:
         model="cohere-embed", input=["a", "b c"], encoding_format="float"
     )
     assert [len(d.embedding) for d in cohere.data] == [1024, 1024]
-    assert cohere.usage is None  # Bedrock's Cohere body carries no token count
+    # Bedrock's Cohere body carries no token count: it comes from InvokeModel's headers.
+    assert cohere.usage is not None
+    assert cohere.usage.prompt_tokens == cohere.usage.total_tokens == 3
 
 
 REFUSALS = [
