@@ -324,6 +324,77 @@ async def test_models_option_restricts_the_catalogue(make_sim: Callable[..., Any
     assert (await call(sim, f"{PREFIX}/gemini-1.5-pro:generateContent", HELLO)).status == 404
 
 
+ENDPOINTS = "/v1/projects/proj-1/locations/us-central1/endpoints"
+
+
+async def test_a_tuned_endpoint_answers_as_its_deployed_model(sim: Client) -> None:
+    resp = await call(sim, f"{ENDPOINTS}/4567890123:generateContent", HELLO)
+    body = await resp.json()
+    assert resp.status == 200, body
+    text = body["candidates"][0]["content"]["parts"][0]["text"]
+    assert text == "Simulated reply from gemini-2.0-flash to: hello there friend"
+    resp = await call(sim, f"{ENDPOINTS}/4567890123:streamGenerateContent?alt=sse", HELLO)
+    assert resp.status == 200
+    assert (await resp.read()).startswith(b"data: ")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "text"),
+    [
+        pytest.param(
+            "/v1/projects/someone-else/locations/us-central1/endpoints/1:generateContent",
+            403,
+            "Permission 'aiplatform.endpoints.predict' denied on resource "
+            "'//aiplatform.googleapis.com/projects/someone-else/locations/us-central1/endpoints/1'",
+            id="other-project",
+        ),
+        pytest.param(f"{ENDPOINTS}/1:chat", 404, "Method not found", id="unknown-method"),
+        pytest.param(
+            f"{ENDPOINTS}/1:predict", 400, "Gemini cannot be accessed", id="tuned-gemini-predict"
+        ),
+        pytest.param(
+            f"{ENDPOINTS}/99:generateContent",
+            404,
+            'Endpoint "projects/proj-1/locations/us-central1/endpoints/99" not found.',
+            id="not-deployed",
+        ),
+        pytest.param(
+            f"{ENDPOINTS}/2:generateContent", 400, "call :predict", id="embedder-generate"
+        ),
+    ],
+)
+async def test_endpoint_routing(
+    make_sim: Callable[..., Any], path: str, status: int, text: str
+) -> None:
+    sim = await make_sim(endpoints={"1": "gemini-1.5-flash", "2": "text-embedding-004"})
+    resp = await call(sim, path, HELLO)
+    assert resp.status == status
+    assert text in (await resp.json())["error"]["message"]
+
+
+async def test_endpoints_take_the_same_bearer_checks(sim: Client) -> None:
+    resp = await sim.post(f"{ENDPOINTS}/1:generateContent", json=HELLO)
+    assert resp.status == 401
+    resp = await call(sim, f"{ENDPOINTS}/1:generateContent", HELLO, "not-a-token")
+    assert resp.status == 401
+    token = await access_token(sim, scope="https://www.googleapis.com/auth/devstorage.read_only")
+    assert (await call(sim, f"{ENDPOINTS}/1:generateContent", HELLO, token)).status == 403
+
+
+async def test_an_embedding_endpoint_predicts(make_sim: Callable[..., Any]) -> None:
+    sim = await make_sim(endpoints={"2": "text-embedding-004"})
+    resp = await call(sim, f"{ENDPOINTS}/2:predict", {"instances": [{"content": "a b"}]})
+    body = await resp.json()
+    assert resp.status == 200, body
+    assert body["predictions"][0]["embeddings"]["statistics"]["token_count"] == 2
+
+
+async def test_endpoint_faults_match_the_endpoint_id(sim: Client) -> None:
+    assert (await sim.post("/_sim/faults", json={"model": "77", "status": 429})).status == 200
+    assert (await call(sim, f"{ENDPOINTS}/78:generateContent", HELLO)).status == 200
+    assert (await call(sim, f"{ENDPOINTS}/77:generateContent", HELLO)).status == 429
+
+
 # ---------------------------------------------------------------------- validation
 
 INVALID_GEMINI = [

@@ -11,6 +11,16 @@ Vertex speaks two dialects under one path prefix
   and every embeddings model take ``:predict`` with ``{"instances", "parameters"}``.
   They do not stream here: a stream request for them is a 400.
 
+``external_model.name`` is a publisher model id (``gemini-2.0-flash``,
+``text-embedding-004``), the same as ``publishers/google/models/{model}``, or the resource
+name of an endpoint a tuned model is deployed on,
+``projects/{project}/locations/{location}/endpoints/{endpoint}``: its methods are called on
+``/v1/projects/{project}/locations/{location}/endpoints/{endpoint}``, Gemini's for chat and
+completions (a tuned Gemini model) and ``:predict`` for embeddings. The endpoint's project
+and location must be the configured ``project_id`` and ``region`` (the host and the
+service account's grant are chosen by those), or the model does not load. Any other name
+with a ``/`` does not load either, so no name can reach another path.
+
 Auth is a service-account JSON key: google-auth signs the JWT assertion and exchanges it at
 the key's own ``token_uri`` (so a simulator can stand in for Google). The exchange is
 blocking I/O, so it runs in a worker thread, one at a time, and the token is reused until
@@ -29,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import struct
 from collections.abc import Iterable, Mapping
 from enum import Enum
@@ -89,6 +100,10 @@ _EMBEDDING_ALLOWED = {
 }
 
 
+_ENDPOINT = re.compile(r"projects/([^/]+)/locations/([^/]+)/endpoints/([A-Za-z0-9][A-Za-z0-9_-]*)")
+_PUBLISHER_MODEL = re.compile(r"publishers/([^/]+)/models/([^/]+)")
+
+
 class _Family(Enum):
     GEMINI = "generateContent"
     PALM_TEXT = "predict, text"
@@ -126,11 +141,9 @@ class VertexProvider(Provider):
         host = host if config.region == "global" else f"{config.region}-{host}"
         base = (config.vertex_api_base or f"https://{host}").rstrip("/")
         project, region = quote(config.project_id, safe=""), quote(config.region, safe="")
-        self._prefix = (
-            f"{base}/v1/projects/{project}/locations/{region}"
-            f"/publishers/google/models/{quote(model.name, safe='@')}"
-        )
-        self._family = _family(model.name, model.task)
+        resource, model_id = _resource(model.name, config.project_id, config.region)
+        self._prefix = f"{base}/v1/projects/{project}/locations/{region}/{resource}"
+        self._family = _family(model_id, model.task)
         self._headers = {"Content-Type": "application/json"}
 
     def check(self, query: QueryRequest) -> None:
@@ -239,6 +252,38 @@ class VertexProvider(Provider):
         if retry_after is None and status in (429, 503):
             retry_after = 1
         return UpstreamError(NAME, status, decoded, retry_after=retry_after)
+
+
+def _resource(name: str, project: str, region: str) -> tuple[str, str]:
+    """The path below ``/locations/{region}/`` that ``name`` is called on, quoted, and the
+    model id that decides its API family (``""`` for an endpoint: Gemini, or predict for
+    embeddings). A name that is none of the accepted forms is a ``ValueError``."""
+    if (endpoint := _ENDPOINT.fullmatch(name)) is not None:
+        own_project, location, endpoint_id = endpoint.groups()
+        if (own_project, location) != (project, region):
+            raise ValueError(
+                f"provider '{NAME}': model name '{name}' is an endpoint in project "
+                f"'{own_project}', location '{location}', but google_cloud_vertex_ai_config "
+                f"has project_id '{project}', region '{region}'; write the name with those "
+                "(Vertex takes a project id or number alike in the path)."
+            )
+        return f"endpoints/{endpoint_id}", ""
+    model_id = name
+    if (publisher := _PUBLISHER_MODEL.fullmatch(name)) is not None:
+        if publisher.group(1) != "google":
+            raise ValueError(
+                f"provider '{NAME}': model name '{name}' is a '{publisher.group(1)}' "
+                "publisher model; only Google's (publishers/google/models/...) speak the "
+                "APIs this provider calls."
+            )
+        model_id = publisher.group(2)
+    if "/" in model_id or not model_id.strip(". "):
+        raise ValueError(
+            f"provider '{NAME}': model name '{name}' is neither a model id (gemini-2.0-flash), "
+            "publishers/google/models/{model} nor "
+            "projects/{project}/locations/{region}/endpoints/{endpoint}."
+        )
+    return f"publishers/google/models/{quote(model_id, safe='@')}", model_id
 
 
 def _key_parts(raw_key: str) -> list[str]:

@@ -22,6 +22,10 @@ model endpoints, in one app.
     otherwise, in Google's ``{"error": {"code", "message", "status"}}`` envelope), and
     only for the token's own project. Unknown fields are refused as protobuf JSON does
     (``Invalid JSON payload received. Unknown name "x"``).
+``POST /v1/projects/{project}/locations/{location}/endpoints/{endpoint}:{method}``
+    The same methods, with the same auth and project checks, on the endpoint a tuned model
+    is deployed on (see ``endpoints`` of :func:`create_vertex_app`); the model deployed
+    there decides which methods it takes and names itself in answers.
 
 Answers are deterministic: chat replies ``"Simulated reply from <model> to: <first 40
 chars of the last user text>"`` (candidate ``i > 0`` gets ``" [i]"``), text-bison
@@ -32,8 +36,8 @@ arguments filled from its schema; ``sim:block`` in the user text yields a ``SAFE
 of a function call's name and JSON arguments). Embeddings are the OpenAI simulator's
 SHA-256-derived unit vectors (8 dimensions unless ``outputDimensionality`` says otherwise).
 
-Faults from ``/_sim/faults`` match by model id on the model endpoints and by the service
-account's ``client_email`` on ``/token``.
+Faults from ``/_sim/faults`` match by model id on the publisher model paths, by endpoint
+id on the endpoint paths, and by the service account's ``client_email`` on ``/token``.
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ _TASK_TYPES = frozenset(
      "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION", "CODE_RETRIEVAL_QUERY"}
 )  # fmt: skip
 _MIME_TYPES = frozenset({"text/plain", "application/json", "text/x.enum"})
+_TUNED_DEFAULT = "gemini-2.0-flash"
 _GEMINI_VIA_PREDICT = (
     "Gemini cannot be accessed through Vertex Predict/RawPredict API. Please follow "
     "https://cloud.google.com/vertex-ai/docs/generative-ai/start/quickstarts/quickstart-multimodal"
@@ -745,6 +750,7 @@ def create_vertex_app(
     tokens: TokenRegistry | None = None,
     token_lifetime_s: int = 3600,
     models: Collection[str] | None = None,
+    endpoints: Mapping[str, str] | None = None,
 ) -> web.Application:
     """An aiohttp app speaking Vertex AI and its OAuth token endpoint (plus ``/_sim``).
 
@@ -754,12 +760,17 @@ def create_vertex_app(
     registry issued access tokens go to (pass one with a fake clock to expire them, or to
     count fetches); ``token_lifetime_s`` is their ``expires_in``. ``models`` restricts the
     model ids served (others get Vertex's 404); by default every id of a known family is.
+    ``endpoints`` maps the endpoint ids of ``projects/{p}/locations/{l}/endpoints/{id}``
+    to the model deployed there (a tuned ``gemini-*`` takes generateContent, an embedding
+    model predict); other ids get a 404. By default every endpoint id serves a tuned
+    ``gemini-2.0-flash``.
     """
     keys: dict[str, list[ServiceAccountKey]] = {}
     for key in accounts:
         keys.setdefault(key.client_email, []).append(key)
     registry = tokens if tokens is not None else TokenRegistry()
     served = frozenset(models) if models is not None else None
+    deployed = dict(endpoints) if endpoints is not None else None
 
     async def token(request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/x-www-form-urlencoded":
@@ -818,14 +829,12 @@ def create_vertex_app(
             )
         return issued
 
-    async def model_call(request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        project, location, publisher = info["project"], info["location"], info["publisher"]
-        model, _, method = info["model_method"].rpartition(":")
+    def refuse_project(
+        request: web.Request, project: str, resource: str
+    ) -> IssuedToken | web.Response:
         issued = authenticate(request)
         if isinstance(issued, web.Response):
             return issued
-        resource = f"projects/{project}/locations/{location}/publishers/{publisher}/models/{model}"
         if project != issued.tenant:
             message = (
                 "Permission 'aiplatform.endpoints.predict' denied on resource "
@@ -834,6 +843,16 @@ def create_vertex_app(
             return json_response(
                 403, google_error(403, message, _error_info("IAM_PERMISSION_DENIED"))
             )
+        return issued
+
+    async def model_call(request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        project, location, publisher = info["project"], info["location"], info["publisher"]
+        model, _, method = info["model_method"].rpartition(":")
+        resource = f"projects/{project}/locations/{location}/publishers/{publisher}/models/{model}"
+        refused = refuse_project(request, project, resource)
+        if isinstance(refused, web.Response):
+            return refused
         family = _family(model)
         if method not in ("generateContent", "streamGenerateContent", "predict"):
             return json_response(404, google_error(404, f"Method not found: {method}."))
@@ -845,6 +864,27 @@ def create_vertex_app(
                 "https://cloud.google.com/vertex-ai/generative-ai/docs/learn/model-versions"
             )
             return json_response(404, google_error(404, message))
+        return await answer(request, model, method, family, fault_key=model)
+
+    async def endpoint_call(request: web.Request) -> web.StreamResponse:
+        info = request.match_info
+        project, location = info["project"], info["location"]
+        endpoint, _, method = info["endpoint_method"].rpartition(":")
+        resource = f"projects/{project}/locations/{location}/endpoints/{endpoint}"
+        refused = refuse_project(request, project, resource)
+        if isinstance(refused, web.Response):
+            return refused
+        if method not in ("generateContent", "streamGenerateContent", "predict"):
+            return json_response(404, google_error(404, f"Method not found: {method}."))
+        model = deployed.get(endpoint) if deployed is not None else _TUNED_DEFAULT
+        family = _family(model) if model is not None else None
+        if model is None or family is None:
+            return json_response(404, google_error(404, f'Endpoint "{resource}" not found.'))
+        return await answer(request, model, method, family, fault_key=endpoint)
+
+    async def answer(
+        request: web.Request, model: str, method: str, family: str, *, fault_key: str
+    ) -> web.StreamResponse:
         if (family == "gemini") != (method != "predict"):
             message = (
                 _GEMINI_VIA_PREDICT
@@ -873,20 +913,20 @@ def create_vertex_app(
                 if method == "streamGenerateContent":
                     events = _stream_events(candidates, prompt_tokens, meta)
                     if request.query.get("alt") == "sse":
-                        return await _deliver_stream(request, events, model=model)
-                    return await deliver(request, JsonReply(200, events), model=model)
+                        return await _deliver_stream(request, events, model=fault_key)
+                    return await deliver(request, JsonReply(200, events), model=fault_key)
                 usage = _usage_metadata(prompt_tokens, candidates)
-                answer = {"candidates": candidates, "usageMetadata": usage, **meta}
+                reply = {"candidates": candidates, "usageMetadata": usage, **meta}
             else:
                 build = {
                     "text": _predict_text,
                     "chat": _predict_chat,
                     "embeddings": _predict_embeddings,
                 }[family]
-                answer = build(body, model)
+                reply = build(body, model)
         except _Refusal as refusal:
             return json_response(refusal.status, refusal.body)
-        return await deliver(request, JsonReply(200, answer), model=model)
+        return await deliver(request, JsonReply(200, reply), model=fault_key)
 
     app = web.Application()
     install_control(app, error_factory=vertex_status_error)
@@ -894,5 +934,8 @@ def create_vertex_app(
     app.router.add_post(
         "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{model_method}",
         model_call,
+    )
+    app.router.add_post(
+        "/v1/projects/{project}/locations/{location}/endpoints/{endpoint_method}", endpoint_call
     )
     return app

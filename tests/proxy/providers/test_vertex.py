@@ -416,6 +416,101 @@ def test_request(
     assert orjson.loads(request.body) == upstream
 
 
+ENDPOINT = "projects/proj-1/locations/us-central1/endpoints/4567890123"
+ENDPOINT_URL = f"https://us-central1-aiplatform.googleapis.com/v1/{ENDPOINT}"
+HI = {"messages": [{"role": "user", "content": "hi"}]}
+HI_UPSTREAM = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "body", "url", "upstream"),
+    [
+        pytest.param(
+            ENDPOINT, "llm/v1/chat", HI, f"{ENDPOINT_URL}:generateContent", HI_UPSTREAM,
+            id="tuned-endpoint-chat",
+        ),
+        pytest.param(
+            ENDPOINT, "llm/v1/chat", {**HI, "stream": True},
+            f"{ENDPOINT_URL}:streamGenerateContent?alt=sse", HI_UPSTREAM,
+            id="tuned-endpoint-stream",
+        ),
+        pytest.param(
+            ENDPOINT, "llm/v1/completions", {"prompt": "hi"}, f"{ENDPOINT_URL}:generateContent",
+            HI_UPSTREAM, id="tuned-endpoint-completions-are-gemini",
+        ),
+        pytest.param(
+            ENDPOINT, "llm/v1/embeddings", {"input": "hi"}, f"{ENDPOINT_URL}:predict",
+            {"instances": [{"content": "hi"}]}, id="endpoint-embeddings-predict",
+        ),
+        pytest.param(
+            "publishers/google/models/gemini-2.0-flash", "llm/v1/chat", HI,
+            f"{BASE}/gemini-2.0-flash:generateContent", HI_UPSTREAM,
+            id="publisher-form-is-the-plain-id",
+        ),
+        pytest.param(
+            "publishers/google/models/text-bison@002", "llm/v1/completions", {"prompt": "hi"},
+            f"{BASE}/text-bison@002:predict", {"instances": [{"prompt": "hi"}]},
+            id="publisher-form-keeps-the-family",
+        ),
+        pytest.param(
+            "gemini:x?y#z", "llm/v1/chat", HI, f"{BASE}/gemini%3Ax%3Fy%23z:generateContent",
+            HI_UPSTREAM, id="plain-id-is-quoted",
+        ),
+    ],
+)  # fmt: skip
+def test_model_name_forms(
+    model: str, task: str, body: dict[str, Any], url: str, upstream: dict[str, Any]
+) -> None:
+    provider = vertex(model, task)
+    query = parse_query(Task(task), body)
+    provider.check(query)
+    request = provider.build_request(query)
+    assert request.url == url
+    assert orjson.loads(request.body) == upstream
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        pytest.param(
+            "projects/other/locations/us-central1/endpoints/1",
+            "project 'other', location 'us-central1', but google_cloud_vertex_ai_config has "
+            "project_id 'proj-1', region 'us-central1'",
+            id="other-project",
+        ),
+        pytest.param(
+            "projects/proj-1/locations/europe-west4/endpoints/1",
+            "location 'europe-west4'",
+            id="other-location",
+        ),
+        pytest.param(
+            "publishers/anthropic/models/claude-3-5-sonnet", "'anthropic' publisher model",
+            id="partner-publisher",
+        ),
+        pytest.param("../../../oauth2/token", "neither a model id", id="dot-dot"),
+        pytest.param("gemini-2.0-flash/../x", "neither a model id", id="slash-in-id"),
+        pytest.param(
+            "projects/proj-1/locations/us-central1/endpoints/1/../../x", "neither a model id",
+            id="endpoint-with-a-tail",
+        ),
+        pytest.param(
+            "projects/proj-1/locations/us-central1/endpoints/..", "neither a model id",
+            id="dot-dot-endpoint",
+        ),
+        pytest.param(
+            "projects/proj-1/locations/us-central1/models/1", "neither a model id",
+            id="model-resource-not-endpoint",
+        ),
+        pytest.param("publishers/google/models/a/b", "neither a model id", id="publisher-tail"),
+        pytest.param("..", "neither a model id", id="dots"),
+    ],
+)  # fmt: skip
+def test_a_name_outside_the_accepted_forms_fails_at_load(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match="google-cloud-vertex-ai") as raised:
+        vertex(name)
+    assert message in str(raised.value)
+
+
 REJECT_CASES = [
     pytest.param(
         "gemini-2.0-flash", "llm/v1/chat", {"logit_bias": {"1": 5}}, "'logit_bias'", id="logit-bias"

@@ -35,9 +35,12 @@ ROTATED_INFO, ROTATED_KEY = generate_service_account(project_id="proj-e2e")
 STRANGER_INFO, _ = generate_service_account(project_id="proj-e2e")
 
 
+TUNED = "projects/proj-e2e/locations/us-central1/endpoints/4567890123"
+
+
 def vertex_entity(model: str, task: str, base: str, secret: str = "sa") -> dict[str, Any]:
     return {
-        "name": model.replace("@", "-").replace(".", "-"),
+        "name": model.rsplit("/", 1)[-1].replace("@", "-").replace(".", "-"),
         "external_model": {
             "name": model,
             "provider": "google-cloud-vertex-ai",
@@ -61,7 +64,9 @@ Env = SimulatedGateway
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoop) -> Iterator[Env]:
-    app = create_vertex_app(accounts=[KEY, ROTATED_KEY])
+    app = create_vertex_app(
+        accounts=[KEY, ROTATED_KEY], endpoints={"4567890123": "gemini-1.5-flash-tuned"}
+    )
     runner, sim_url = background_loop.run(start_site(app))
     root = tmp_path_factory.mktemp("vertex")
     secrets = root / "secrets"
@@ -75,6 +80,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, background_loop: BackgroundLoo
         endpoint_doc("bison", [vertex_entity("text-bison@002", "llm/v1/completions", sim_url)]),
         endpoint_doc("palm-chat", [vertex_entity("chat-bison", "llm/v1/chat", sim_url)]),
         endpoint_doc("emb", [vertex_entity("text-embedding-004", "llm/v1/embeddings", sim_url)]),
+        endpoint_doc("tuned", [vertex_entity(TUNED, "llm/v1/chat", sim_url)]),
         endpoint_doc(
             "rotating", [vertex_entity("gemini-2.0-flash", "llm/v1/chat", sim_url, "rotating")]
         ),
@@ -145,6 +151,21 @@ def test_chat_stream_reassembles_the_answer(oai: openai.OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert chunks[-1].usage is not None and whole.usage is not None
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+
+def test_tuned_endpoint_chat_and_stream(env: Env, oai: openai.OpenAI) -> None:
+    reply = "Simulated reply from gemini-1.5-flash-tuned to: hello there friend"
+    chat = oai.chat.completions.create(model="tuned", messages=USER)  # type: ignore[arg-type]
+    assert chat.choices[0].message.content == reply
+    assert chat.model == "gemini-1.5-flash-tuned"  # the answer's modelVersion
+    chunks = list(oai.chat.completions.create(model="tuned", messages=USER, stream=True))  # type: ignore[arg-type]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    paths = [r["path"] for r in env.sim("GET", "/_sim/requests")["requests"][-2:]]
+    assert paths == [
+        f"/v1/{TUNED}:generateContent",
+        f"/v1/{TUNED}:streamGenerateContent",
+    ]
 
 
 def test_chat_tool_call(oai: openai.OpenAI) -> None:
