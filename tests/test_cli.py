@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import requests
 
+from servegate.quickstart import QUICKSTART_TRY
 from servegate.spec import load_manifests
 from tests.conftest import REPO, GatewayProcess, endpoint_doc, openai_entity, write_yaml
 
@@ -159,8 +161,39 @@ def test_quickstart_serves_the_examples_offline(tmp_path: Path) -> None:
                 url = f"{gateway.url}/serving-endpoints/{example.name}/invocations"
                 answer = client.post(url, json=body, timeout=10)
                 assert answer.status_code == 200, (example.name, answer.text)
+        # The commands it prints to try it, run as printed (python3 as this test's Python).
+        outputs = [
+            run_shell(command.replace("python3 ", f"{sys.executable} ", 1))
+            for command in printed_commands(QUICKSTART_TRY.format(port=gateway.url.rsplit(":")[-1]))
+        ]
+        chat_out, stream_out, embed_out, sdk_out, list_out = outputs
+        assert json.loads(chat_out)["choices"][0]["message"]["content"]
+        assert stream_out.rstrip().endswith("data: [DONE]")
+        assert json.loads(embed_out)["data"][0]["embedding"]
+        assert sdk_out.strip()
+        assert {ep["name"] for ep in json.loads(list_out)["endpoints"]} >= {"chat", "embeddings"}
     finally:
         gateway.stop()
+
+
+def printed_commands(text: str) -> list[str]:
+    """The shell commands in the quickstart's banner: lines starting with curl or python3,
+    with their backslash continuations."""
+    commands: list[str] = []
+    joined = text.replace("\\\n", " ")
+    for line in joined.splitlines():
+        line = line.strip()
+        if line.startswith(("curl ", "python3 ")):
+            commands.append(line)
+    return commands
+
+
+def run_shell(command: str) -> str:
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, (command, result.stderr)
+    return result.stdout
 
 
 def test_simulate_serves_the_chosen_simulators(tmp_path: Path) -> None:
