@@ -114,6 +114,30 @@ def test_crd_names_version_and_columns() -> None:
     }
 
 
+@pytest.mark.parametrize("folder", ["examples", "deploy/operator"])
+def test_kubectl_parses_every_manifest_offline(tmp_path: Path, folder: str) -> None:
+    """Every example and the plain install parse as kubectl reads them (no server: see
+    below), one object per document, each named."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
+    directory = REPO / folder
+    args = [kubectl, "annotate", "--local", "-f", str(directory), "servegate.io/parsed=yes"]
+    names = subprocess.run(
+        [*args, "-o", "name"], env=env, capture_output=True, text=True, timeout=30, check=True
+    ).stdout.split()
+    documents = [
+        doc
+        for path in sorted(directory.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+    assert len(names) == len(documents)
+    kinds = {doc["kind"].lower() for doc in documents}
+    assert {name.split("/")[0].split(".")[0] for name in names} == kinds
+
+
 def test_kubectl_parses_the_crd_directory_offline(tmp_path: Path) -> None:
     # `kubectl apply/create --dry-run=client` still ask a server for discovery (verified:
     # "unable to recognize ... connection refused"); `annotate --local` parses and prints
