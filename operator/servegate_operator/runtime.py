@@ -57,6 +57,9 @@ class Runtime:
         # timer has exited; kopf looks again every cancellation_polling seconds, 60 by
         # default, which held a `kubectl delete` for a whole minute.
         settings.background.cancellation_polling = 1.0
+        # A failed reconcile (the API server answered 500 or 409, or timed out) is retried
+        # after this many seconds, not kopf's default of 60.
+        settings.execution.default_backoff = 5
 
 
 def _api_client() -> k8s.ApiClient:
