@@ -10,8 +10,9 @@ small response cap, so the slow and the oversized cases stay fast.
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -347,3 +348,58 @@ async def test_a_stream_that_goes_silent_mid_way_ends_with_an_idle_timeout_event
     assert "sent nothing for" in error["message"]
     assert len(lines) >= 3  # the first event reached the client before the silence
     assert time.monotonic() - started < DEADLINE_S * 3
+
+
+@pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A port whose listen queue is full: the kernel drops new connection attempts, so a
+    connect neither succeeds nor fails, it times out (as with a firewalled host)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = int(server.getsockname()[1])
+    queued: list[socket.socket] = []
+    try:
+        while True:  # fill the queue until a connect times out: then it is full
+            probe = socket.socket()
+            probe.settimeout(0.3)
+            queued.append(probe)
+            try:
+                probe.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break
+            if len(queued) > 64:
+                pytest.skip("the kernel accepts every connection here; no black hole")
+        yield port
+    finally:
+        for sock in queued:
+            sock.close()
+        server.close()
+
+
+async def test_a_connect_timeout_is_504_naming_the_connect(
+    workspace: Workspace,
+    black_hole: int,
+    in_process_app: Callable[..., web.Application],
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    from servegate.transport.client import Timeouts
+
+    write_yaml(
+        workspace.manifests / "e.yaml",
+        endpoint_doc("hole", [openai_entity("gpt-4o", f"http://127.0.0.1:{black_hole}/v1")]),
+    )
+    client = await aiohttp_client(
+        in_process_app(timeouts=Timeouts(connect=0.5, first_byte=5, idle=5))
+    )
+    started = time.monotonic()
+    status, body, _ = await ask(client, "hole")
+    assert status == 504
+    assert_fault(
+        body,
+        code="DEADLINE_EXCEEDED",
+        reason="UPSTREAM_TIMEOUT",
+        provider="openai",
+        phrase="Could not connect to provider 'openai' within 0.5 s.",
+    )
+    assert time.monotonic() - started < 3

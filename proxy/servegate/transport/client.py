@@ -138,6 +138,11 @@ class UpstreamClient:
                 return await self._session.request(
                     request.method, request.url, data=request.body, headers=request.headers
                 )
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamTimeout(
+                f"Could not connect to provider '{provider}' within {self.timeouts.connect:g} s.",
+                provider=provider,
+            ) from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout(
                 f"Provider '{provider}' did not answer within {self.timeouts.first_byte:g} s.",
