@@ -1051,3 +1051,26 @@ def test_content_before_an_exception_in_the_same_chunk_is_delivered_first() -> N
     with pytest.raises(UpstreamError) as raised:
         translator.finish()
     assert (raised.value.status, raised.value.error_code) == (503, "TEMPORARILY_UNAVAILABLE")
+
+
+AI21_JAMBA = "ai21.jamba-1-5-mini-v1:0"
+
+
+def test_ai21labs_family_speaks_converse_and_has_no_embeddings() -> None:
+    """bedrock_provider ai21labs (Jamba): chat and completions through Converse; an
+    embeddings entity is refused when it loads, naming the family."""
+    chat = provider(AI21_JAMBA, "ai21labs")
+    request = chat.build_request(parse_query(Task.CHAT, {"messages": USER, "max_tokens": 7}))
+    assert request.url == f"{BASE}/{AI21_JAMBA}/converse"
+    assert orjson.loads(request.body) == {
+        "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+        "inferenceConfig": {"maxTokens": 7},
+    }
+    completion = provider(AI21_JAMBA, "ai21labs", "llm/v1/completions")
+    sent = completion.build_request(parse_query(Task.COMPLETIONS, {"prompt": "Say hi"}))
+    assert sent.url == f"{BASE}/{AI21_JAMBA}/converse"
+    assert orjson.loads(sent.body)["messages"] == [
+        {"role": "user", "content": [{"text": "Say hi"}]}
+    ]
+    with pytest.raises(ValueError, match="'ai21labs' has no embedding models"):
+        provider(AI21_JAMBA, "ai21labs", "llm/v1/embeddings")  # the entity does not load
