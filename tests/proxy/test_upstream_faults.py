@@ -135,67 +135,58 @@ async def test_connection_refused_is_502_unreachable(client: Client) -> None:
     )
 
 
+# The provider fails without an error answer of its own, before anything reached the client:
+# 502 TEMPORARILY_UNAVAILABLE, its reason, and a message naming what went wrong.
+# (fault, streamed, reason, phrase; "{endpoint}" is the provider's name.)
+CLOSED = "the connection was closed or reset"
+BAD_GATEWAY: dict[str, tuple[dict[str, Any], bool, str, str]] = {
+    "hang-up": ({"hang_up": True}, False, "UPSTREAM_CONNECTION_LOST", CLOSED),
+    "hang-up-stream": ({"hang_up": True}, True, "UPSTREAM_CONNECTION_LOST", CLOSED),
+    # A JSON answer announces its length, sends half, then hangs up.
+    "body-cut": (
+        {"stream_cut_after": 0}, False, "UPSTREAM_CONNECTION_LOST",
+        "Provider '{endpoint}' broke off its response",
+    ),
+    "malformed-json": ({"malformed": True}, False, "UPSTREAM_BAD_RESPONSE", "not JSON"),
+    "html-page": (
+        {"content_type": "text/html; charset=utf-8"}, False, "UPSTREAM_BAD_RESPONSE",
+        "Provider '{endpoint}' answered with text/html, not JSON.",
+    ),
+    # A server that ignores `stream` (some OpenAI-compatible ones do) answers whole JSON:
+    # the client is told so, rather than getting an empty stream.
+    "json-to-a-stream": (
+        {"content_type": "application/json"}, True, "UPSTREAM_BAD_RESPONSE",
+        "answered with application/json, not text/event-stream.",
+    ),
+    # A unary body over the cap, or one stream event that grows past it: the gateway never
+    # buffers more than the cap of what a provider sends.
+    "too-large": (
+        {"pad_bytes": 2 * CAP}, False, "UPSTREAM_RESPONSE_TOO_LARGE",
+        "over the gateway's 0.0625 MiB limit",
+    ),
+    "too-large-stream": (
+        {"pad_bytes": 2 * CAP}, True, "UPSTREAM_RESPONSE_TOO_LARGE",
+        "over the gateway's 0.0625 MiB limit",
+    ),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
-@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
-async def test_a_hang_up_before_the_response_is_502_connection_lost(
-    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str, stream: bool
+@pytest.mark.parametrize("case", BAD_GATEWAY)
+async def test_a_provider_failing_before_any_content_is_502(
+    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str, case: str
 ) -> None:
+    spec, stream, reason, phrase = BAD_GATEWAY[case]
     sim_url, model = sims(openai_sim, anthropic_sim)[endpoint]
-    await fault(sim_url, model=model, hang_up=True)
+    await fault(sim_url, model=model, **spec)
     status, body, _ = await ask(client, endpoint, stream=stream)
     assert status == 502
     assert_fault(
         body,
         code="TEMPORARILY_UNAVAILABLE",
-        reason="UPSTREAM_CONNECTION_LOST",
+        reason=reason,
         provider=endpoint,
-        phrase="the connection was closed or reset",
-    )
-
-
-@pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
-async def test_a_body_cut_half_way_is_502_connection_lost(
-    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str
-) -> None:
-    sim_url, model = sims(openai_sim, anthropic_sim)[endpoint]
-    await fault(sim_url, model=model, stream_cut_after=0)  # a JSON answer: half, then hang up
-    status, body, _ = await ask(client, endpoint)
-    assert status == 502
-    assert_fault(
-        body,
-        code="TEMPORARILY_UNAVAILABLE",
-        reason="UPSTREAM_CONNECTION_LOST",
-        provider=endpoint,
-        phrase=f"Provider '{endpoint}' broke off its response",
-    )
-
-
-@pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
-async def test_a_stream_cut_before_any_event_is_a_502(
-    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str
-) -> None:
-    sim_url, model = sims(openai_sim, anthropic_sim)[endpoint]
-    await fault(sim_url, model=model, stream_cut_after=0)
-    status, body, _ = await ask(client, endpoint, stream=True)
-    assert status == 502
-    assert body["error_code"] == "TEMPORARILY_UNAVAILABLE"
-    assert body["details"][0]["metadata"]["external_model_provider"] == endpoint
-
-
-@pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
-async def test_malformed_json_is_502_bad_response(
-    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str
-) -> None:
-    sim_url, model = sims(openai_sim, anthropic_sim)[endpoint]
-    await fault(sim_url, model=model, malformed=True)
-    status, body, _ = await ask(client, endpoint)
-    assert status == 502
-    assert_fault(
-        body,
-        code="TEMPORARILY_UNAVAILABLE",
-        reason="UPSTREAM_BAD_RESPONSE",
-        provider=endpoint,
-        phrase="not JSON",
+        phrase=phrase.format(endpoint=endpoint),
     )
 
 
@@ -216,6 +207,18 @@ async def test_a_malformed_stream_event_before_any_content_is_502(
     )
 
 
+@pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
+async def test_a_stream_cut_before_any_event_is_a_502(
+    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str
+) -> None:
+    sim_url, model = sims(openai_sim, anthropic_sim)[endpoint]
+    await fault(sim_url, model=model, stream_cut_after=0)
+    status, body, _ = await ask(client, endpoint, stream=True)
+    assert status == 502
+    assert body["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert body["details"][0]["metadata"]["external_model_provider"] == endpoint
+
+
 async def test_a_malformed_stream_event_after_content_ends_with_an_error_event(
     client: Client, openai_sim: str
 ) -> None:
@@ -231,62 +234,6 @@ async def test_a_malformed_stream_event_after_content_ends_with_an_error_event(
     assert "unknown shape" in error["message"] or "not JSON" in error["message"]
     assert len(lines) >= 3
     assert all("error" not in orjson.loads(line[6:]) for line in lines[:-2])
-
-
-@pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
-async def test_an_html_page_instead_of_json_is_502(
-    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str
-) -> None:
-    sim_url, model = sims(openai_sim, anthropic_sim)[endpoint]
-    await fault(sim_url, model=model, content_type="text/html; charset=utf-8")
-    status, body, _ = await ask(client, endpoint)
-    assert status == 502
-    assert_fault(
-        body,
-        code="TEMPORARILY_UNAVAILABLE",
-        reason="UPSTREAM_BAD_RESPONSE",
-        provider=endpoint,
-        phrase=f"Provider '{endpoint}' answered with text/html, not JSON.",
-    )
-
-
-@pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
-async def test_a_whole_json_answer_to_a_stream_request_is_502(
-    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str
-) -> None:
-    """A server that ignores ``stream`` (some OpenAI-compatible ones do) answers JSON: the
-    client is told so, rather than getting an empty stream."""
-    sim_url, model = sims(openai_sim, anthropic_sim)[endpoint]
-    await fault(sim_url, model=model, content_type="application/json")
-    status, body, _ = await ask(client, endpoint, stream=True)
-    assert status == 502
-    assert_fault(
-        body,
-        code="TEMPORARILY_UNAVAILABLE",
-        reason="UPSTREAM_BAD_RESPONSE",
-        provider=endpoint,
-        phrase="answered with application/json, not text/event-stream.",
-    )
-
-
-@pytest.mark.parametrize("endpoint", ["openai", "anthropic"])
-@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
-async def test_an_answer_over_the_size_cap_is_502_too_large(
-    client: Client, openai_sim: str, anthropic_sim: str, endpoint: str, stream: bool
-) -> None:
-    """A unary body over the cap, or one stream event that grows past it, is refused: the
-    gateway never buffers more than the cap of what a provider sends."""
-    sim_url, model = sims(openai_sim, anthropic_sim)[endpoint]
-    await fault(sim_url, model=model, pad_bytes=2 * CAP)
-    status, body, _ = await ask(client, endpoint, stream=stream)
-    assert status == 502
-    assert_fault(
-        body,
-        code="TEMPORARILY_UNAVAILABLE",
-        reason="UPSTREAM_RESPONSE_TOO_LARGE",
-        provider=endpoint,
-        phrase="over the gateway's 0.0625 MiB limit",
-    )
 
 
 async def test_an_answer_under_the_cap_is_untouched(client: Client, openai_sim: str) -> None:
