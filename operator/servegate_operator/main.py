@@ -1,11 +1,40 @@
-"""Run the operator: kopf with our handlers, over chosen namespaces or all of them."""
+"""Run the operator: kopf with our handlers, over chosen namespaces or all of them.
+
+Several replicas: kopf's peering makes every operator that sees a live peer of higher
+priority pause, and every operator that sees one of the *same* priority pause too (kopf
+cannot tell which should win). So each process takes its own priority, random unless
+``--priority`` is given: the replica with the highest is the one that works, the others
+stand by. A replica that stops cleanly (SIGTERM) leaves the peering at once and the next
+one resumes within a second; one that dies without a word is presumed dead after
+``--peering-lifetime`` seconds.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
+
+MAX_AUTO_PRIORITY = 2**31 - 1
+"""Random priorities are drawn from [1, MAX_AUTO_PRIORITY]: two replicas collide (and both
+pause, with kopf's warning, until one restarts) with a chance of about one in 2**31. A
+debugging operator given a higher ``--priority`` pauses them all."""
+
+
+def _priority(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _lifetime(text: str) -> int:
+    value = int(text)
+    if value < 10:
+        raise argparse.ArgumentTypeError("must be 10 seconds or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--standalone", action="store_true", help="no peering: one replica only")
     parser.add_argument(
         "--peering", default="servegate", help="kopf peering object for several replicas"
+    )
+    parser.add_argument(
+        "--priority",
+        type=_priority,
+        default=None,
+        help="peering priority: the live replica with the highest works, the others stand "
+        f"by (default: random in 1..{MAX_AUTO_PRIORITY}, so replicas never tie)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=_lifetime,
+        default=60,
+        metavar="SECONDS",
+        help="a replica that stops renewing its peering entry for this long is presumed dead "
+        "and a standby takes over (default: 60; entries are renewed 5 to 10 s before then)",
     )
     parser.add_argument(
         "--liveness", default="http://0.0.0.0:8081/healthz", help="liveness endpoint URL"
@@ -55,6 +99,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from servegate_operator.runtime import RUNTIME
 
     RUNTIME.namespaces = tuple(args.namespace)
+    RUNTIME.peering_lifetime_s = args.peering_lifetime
+    priority = args.priority
+    if priority is None:
+        priority = random.SystemRandom().randint(1, MAX_AUTO_PRIORITY)
+    if not args.standalone:
+        logging.getLogger(__name__).info(
+            "peering %r with priority %d: the live replica with the highest priority works",
+            args.peering,
+            priority,
+        )
 
     asyncio.run(
         kopf.operator(
@@ -63,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             standalone=args.standalone,
             peering_name=None if args.standalone else args.peering,
             liveness_endpoint=args.liveness,
+            priority=priority,
         )
     )
     return 0

@@ -25,6 +25,8 @@ class Runtime:
     settings: OperatorSettings = field(default_factory=settings_from_env)
     namespaces: tuple[str, ...] = ()
     """The namespaces the operator watches (``--namespace``); empty: all of them."""
+    peering_lifetime_s: int = 60
+    """How long a silent peer counts as alive (``--peering-lifetime``)."""
     reconciles: int = 0
     _kube: Kube | None = None
 
@@ -60,6 +62,7 @@ class Runtime:
         # A failed reconcile (the API server answered 500 or 409, or timed out) is retried
         # after this many seconds, not kopf's default of 60.
         settings.execution.default_backoff = 5
+        settings.peering.lifetime = self.peering_lifetime_s
 
 
 def _api_client() -> k8s.ApiClient:

@@ -57,6 +57,8 @@ CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering", "Na
 
 ALL_FEATURES: dict[str, Any] = {
     "operator": {
+        "replicas": 2,
+        "peering": {"enabled": True, "lifetime": 30},
         "logLevel": "DEBUG",
         "logFormat": "plain",
         "reconcileInterval": 30,
@@ -530,7 +532,11 @@ def test_values_yaml_matches_the_schema_and_is_commented() -> None:
     [
         ({"operator": {"replicas": -1}}, "at '/operator/replicas': minimum: got -1, want 1"),
         ({"operator": {"replicas": "1"}}, "at '/operator/replicas': got string, want integer"),
-        ({"operator": {"replicas": 2}}, "at '/operator/replicas': maximum: got 2, want 1"),
+        ({"operator": {"replicas": 0}}, "at '/operator/replicas': minimum: got 0, want 1"),
+        (
+            {"operator": {"peering": {"lifetime": 5}}},
+            "at '/operator/peering/lifetime': minimum: got 5, want 10",
+        ),
         ({"gateway": {"replicas": 0}}, "at '/gateway/replicas': minimum: got 0, want 1"),
         ({"gateway": {"replicas": 1.5}}, "at '/gateway/replicas': got number, want integer"),
         (
@@ -633,6 +639,11 @@ def test_values_schema_rejects_bad_values(values: dict[str, Any], message: str) 
         (
             {"serviceAccount": {"create": False}},
             "serviceAccount.name is required when serviceAccount.create is false",
+        ),
+        (
+            {"operator": {"replicas": 2, "peering": {"enabled": False}}},
+            "operator.replicas=2 needs operator.peering.enabled: without peering every replica"
+            " would reconcile at once",
         ),
         (
             {"gateway": {"auth": "file", "controlPlane": True}},
@@ -765,6 +776,8 @@ def test_operator_command_is_what_the_operator_parses(
     assert args.standalone is (peering is None)
     if peering is not None:
         assert args.peering == peering
+        assert args.peering_lifetime == (30 if scenario == "all-features" else 60)
+    assert args.priority is None  # each replica draws its own
     assert args.liveness == "http://0.0.0.0:8081/healthz"
     assert args.log_level == ("DEBUG" if scenario == "all-features" else "INFO")
     assert args.log_format == ("plain" if scenario == "all-features" else "json")
@@ -809,7 +822,14 @@ def test_operator_pod_is_locked_down() -> None:
     assert operator["image"] == "ghcr.io/servegate/servegate:0.1.0"
     deployment = one("defaults", "Deployment")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # With peering, a new pod may start before the old one stops: one of them stands by.
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    standalone = render(SCENARIOS["standalone"])
+    (alone,) = [o for o in standalone if o["kind"] == "Deployment"]
+    assert alone["spec"]["strategy"] == {"type": "Recreate"}
     assert pod["serviceAccountName"] == "servegate-operator"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()

@@ -172,8 +172,8 @@ the reason. Included once, from the operator's Deployment.
 {{- define "servegate.validate" -}}
 {{- $operator := .Values.operator }}
 {{- $gateway := .Values.gateway }}
-{{- if gt (int $operator.replicas) 1 }}
-{{- fail (printf "operator.replicas=%d: kopf has no leader election and pauses every operator that sees a live peer of the same priority, so several replicas would all stop; keep 1" (int $operator.replicas)) }}
+{{- if and (gt (int $operator.replicas) 1) (not $operator.peering.enabled) }}
+{{- fail (printf "operator.replicas=%d needs operator.peering.enabled: without peering every replica would reconcile at once; with it one works and the others stand by" (int $operator.replicas)) }}
 {{- end }}
 {{- if and $gateway.hpa.enabled (le (int $gateway.hpa.maxReplicas) (int $gateway.replicas)) }}
 {{- fail (printf "gateway.hpa.maxReplicas (%d) must be greater than gateway.replicas (%d), the HPA's minimum" (int $gateway.hpa.maxReplicas) (int $gateway.replicas)) }}

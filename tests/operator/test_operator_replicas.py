@@ -1,0 +1,172 @@
+"""Several operator replicas: real ``servegate operator`` processes peering through the
+emulated API. The one with the highest priority works, the others stand by; a clean stop
+hands over at once, a crash after the peering lifetime."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, free_port
+from tests.k8s.emulator import EmulatedCluster
+from tests.operator.test_operator import NS, endpoint, secret, status_of, wait_for
+
+PEERING = "kopf.dev/v1/clusterkopfpeerings"
+LIFETIME = 10
+"""The shortest ``--peering-lifetime``: a crashed leader is replaced within it."""
+
+
+class Replica:
+    """One ``servegate operator`` process, as one pod of the operator's Deployment runs it
+    (``POD_ID`` is kopf's identity in the peering object)."""
+
+    def __init__(
+        self, cluster: EmulatedCluster, directory: Path, name: str, priority: int | None
+    ) -> None:
+        self.name = name
+        self.log = directory / f"{name}.log"
+        args = [
+            sys.executable,
+            "-m",
+            "servegate",
+            "operator",
+            "--all-namespaces",
+            "--peering=servegate",
+            f"--peering-lifetime={LIFETIME}",
+            f"--liveness=http://127.0.0.1:{free_port()}/healthz",
+        ]
+        if priority is not None:
+            args.append(f"--priority={priority}")
+        env = {
+            **os.environ,
+            **cluster.env,
+            "POD_ID": name,
+            "SERVEGATE_RECONCILE_INTERVAL": "1",
+        }
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def records(self) -> list[dict[str, Any]]:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def said(self, text: str) -> bool:
+        return any(text in str(r.get("message", "")) for r in self.records())
+
+    def reconciled(self, name: str) -> bool:
+        """It logged about this endpoint: it handled it (a paused replica says nothing)."""
+        return any(r.get("k8s", {}).get("name") == name for r in self.records())
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def replicas(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[list[Replica]]:
+    started: list[Replica] = []
+    cluster.create(
+        {
+            "apiVersion": "kopf.dev/v1",
+            "kind": "ClusterKopfPeering",
+            "metadata": {"name": "servegate"},
+        }
+    )
+    cluster.create(secret("openai", {"api_key": "sk-x"}))
+    yield started
+    for replica in started:
+        replica.stop(signal.SIGKILL)
+
+
+def peers(cluster: EmulatedCluster) -> dict[str, Any]:
+    """The live entries of the peering object: pod → {priority, lastseen, lifetime}."""
+    body = cluster.get(PEERING, None, "servegate") or {}
+    return {pod: info for pod, info in (body.get("status") or {}).items() if info}
+
+
+def test_the_highest_priority_works_and_a_clean_stop_hands_over_at_once(
+    cluster: EmulatedCluster, tmp_path: Path, replicas: list[Replica]
+) -> None:
+    leader = Replica(cluster, tmp_path, "operator-a", priority=200)
+    replicas.append(leader)
+    wait_for("the leader in the peering", lambda: "operator-a" in peers(cluster), timeout=30)
+    standby = Replica(cluster, tmp_path, "operator-b", priority=100)
+    replicas.append(standby)
+    wait_for("the standby in the peering", lambda: "operator-b" in peers(cluster), timeout=30)
+    assert {pod: info["priority"] for pod, info in peers(cluster).items()} == {
+        "operator-a": 200,
+        "operator-b": 100,
+    }
+
+    cluster.create(endpoint("one", "embeddings"))
+    wait_for("the leader reconciles", lambda: status_of(cluster, "one").get("state"), timeout=30)
+    assert leader.reconciled("one")
+    # kopf starts every operator paused until it has seen the peering: the standby never
+    # resumes, and never touches the endpoint.
+    assert not standby.reconciled("one")
+    assert not standby.said("Resuming operations")
+
+    # A rollout or a drain: the leader gets SIGTERM, leaves the peering, and exits 0.
+    stopped = time.monotonic()
+    assert leader.stop() == 0, leader.log.read_text()
+    assert "operator-a" not in peers(cluster)
+    wait_for("the standby resumes", lambda: standby.said("Resuming operations"), timeout=10)
+    assert time.monotonic() - stopped < LIFETIME  # no wait for the lifetime to pass
+    cluster.create(endpoint("two", "embeddings"))
+    wait_for("the standby took over", lambda: status_of(cluster, "two").get("state"), timeout=30)
+    assert standby.reconciled("two")
+
+
+def test_a_crashed_leader_is_replaced_after_the_peering_lifetime(
+    cluster: EmulatedCluster, tmp_path: Path, replicas: list[Replica]
+) -> None:
+    leader = Replica(cluster, tmp_path, "operator-a", priority=200)
+    replicas.append(leader)
+    wait_for("the leader in the peering", lambda: "operator-a" in peers(cluster), timeout=30)
+    standby = Replica(cluster, tmp_path, "operator-b", priority=100)
+    replicas.append(standby)
+    wait_for("the standby in the peering", lambda: "operator-b" in peers(cluster), timeout=30)
+
+    leader.stop(signal.SIGKILL)  # an OOM kill, a lost node: no goodbye in the peering
+    killed = time.monotonic()
+    assert "operator-a" in peers(cluster)
+    cluster.create(endpoint("after", "embeddings"))
+    wait_for("the standby took over", lambda: status_of(cluster, "after").get("state"), timeout=30)
+    waited = time.monotonic() - killed
+    assert standby.said("Resuming operations")
+    assert waited < LIFETIME + 10  # the lifetime, then one reconcile
+
+
+def test_replicas_without_a_priority_never_tie(
+    cluster: EmulatedCluster, tmp_path: Path, replicas: list[Replica]
+) -> None:
+    """As the chart runs them: no ``--priority``, each draws its own; exactly one works."""
+    pods = [Replica(cluster, tmp_path, f"operator-{n}", priority=None) for n in range(2)]
+    replicas.extend(pods)
+    wait_for("both in the peering", lambda: len(peers(cluster)) == 2, timeout=30)
+    priorities = {pod: info["priority"] for pod, info in peers(cluster).items()}
+    assert len(set(priorities.values())) == 2
+    assert all(p >= 1 for p in priorities.values())
+    leader_name = max(priorities, key=lambda pod: priorities[pod])
+    leader = next(p for p in pods if p.name == leader_name)
+    standby = next(p for p in pods if p.name != leader_name)
+    cluster.create(endpoint("one", "embeddings"))
+    wait_for("reconciled", lambda: status_of(cluster, "one").get("state"), timeout=30)
+    assert leader.reconciled("one") and not standby.reconciled("one")
+    # Started together, the standby may resume before the leader's first keep-alive, but
+    # pauses when it sees it. Until then both act; reconciles are idempotent applies.
+    if standby.said("Resuming operations"):
+        assert standby.said("Pausing operations in favour of")
+    assert not any(p.said("Possibly conflicting operators") for p in pods)
