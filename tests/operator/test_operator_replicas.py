@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import REPO, free_port
 from tests.k8s.emulator import EmulatedCluster
-from tests.operator.test_operator import NS, endpoint, secret, status_of, wait_for
+from tests.operator.test_operator import endpoint, secret, status_of, wait_for
 
 PEERING = "kopf.dev/v1/clusterkopfpeerings"
 LIFETIME = 10
