@@ -100,9 +100,10 @@ name, not by each type's schema.
 
 Not emulated (do not assert on it): Pods, ReplicaSets, Endpoints or any controller (write a
 Deployment's status yourself); defaulting and validation of built-in kinds and of CRD schemas
-(no schemas at all: ``kubectl explain`` fails); RBAC, authentication, admission;
-``managedFields`` and SSA ownership conflicts (apply never answers 409, and fields written by
-PATCH/PUT are owned by no one); Foreground deletion (treated as Background); GC timing (it
+(no schemas at all: ``kubectl explain`` fails); admission; authentication and RBAC unless
+``ReviewAuthority.enforce()`` (tests/k8s/reviews.py) turns them on; ``managedFields`` and
+SSA ownership conflicts (apply never answers 409, and fields written by PATCH/PUT are owned
+by no one); Foreground deletion (treated as Background); GC timing (it
 runs inside the request that removed the owner); CRD deletion does not wait for its objects'
 finalizers; server-side Tables (kubectl prints NAME/AGE); ``v1`` and ``events.k8s.io/v1``
 Events are separate stores; protobuf and CBOR bodies (``kubectl create secret|configmap|
@@ -701,6 +702,9 @@ class ServegateKubernetes(kmock.KubernetesEmulator):
     _applied: dict[tuple[ObjectKey, str, str], JSON] = attrs.field(factory=dict, init=False)
     _orphaning: set[str] = attrs.field(factory=set, init=False)
     server_errors: list[BaseException] = attrs.field(factory=list, init=False)
+    authorize: Callable[[kmock.Request], None] | None = attrs.field(default=None, init=False)
+    """Called with every request before it is served (``ReviewAuthority.enforce``): it
+    raises a 401 or 403 ``KubernetesError`` to refuse it. None: every client is admin."""
 
     def __attrs_post_init__(self) -> None:
         # kmock's discovery routes and the 404 fallback, but not its object handling (which
@@ -895,6 +899,8 @@ class ServegateKubernetes(kmock.KubernetesEmulator):
         try:
             request = await self._parse_request(raw_request, id=len(self._requests))
             self._requests.append(request)
+            if self.authorize is not None:
+                self.authorize(request)
             try:
                 return await self._handle(request)
             except kmock_rendering.StreamingError as exc:  # a user reaction failed mid-stream
@@ -1806,8 +1812,9 @@ class EmulatedCluster:
         """A ``kubernetes`` client for this cluster (closed when the cluster stops)."""
         configuration = kubernetes.client.Configuration()
         configuration.host = self.url
-        configuration.api_key = {"authorization": TOKEN}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
+        # The whole header value: this client's prefix setting is keyed by the auth
+        # scheme's name ("BearerToken"), so a prefix keyed "authorization" is never used.
+        configuration.api_key = {"authorization": f"Bearer {TOKEN}"}
         client = kubernetes.client.ApiClient(configuration)
         self._clients.append(client)
         return client

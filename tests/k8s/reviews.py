@@ -23,8 +23,22 @@ assertions on how many were made.
   the API server's audience, and it needs ``create`` on ``tokenreviews`` and
   ``subjectaccessreviews`` (401 and 403 ``Status`` answers otherwise).
 
+- **Every API request**, after :meth:`ReviewAuthority.enforce`: authenticated by its bearer
+  token (401 ``Unauthorized`` without one the authority knows) and authorized by the same
+  RBAC as the reviews (403 ``Forbidden``, worded as kube-apiserver words it). Requests are
+  authorized as kube-apiserver does: ``resource/subresource``, the namespace of the URL
+  (RoleBindings count only there), the name for ``get``/``update``/``patch``/``delete``
+  (so ``resourceNames`` never grants ``create``, ``list`` or ``watch``), server-side apply
+  as ``patch``. Writing a (Cluster)RoleBinding also needs ``bind`` on the role it refers
+  to. Discovery, ``/version`` and ``/openapi`` are open to every authenticated client
+  (``system:discovery``). Refused requests are listed in ``denied``. A request without
+  credentials is the emulator's admin: kubectl sends no bearer token to an ``http://``
+  server, so kubectl always acts as the installer here.
+
 Not emulated: token expiry, bound-object invalidation (use :meth:`ReviewAuthority.revoke`),
-aggregated ClusterRoles, non-resource URLs, authorizers other than RBAC.
+aggregated ClusterRoles, non-resource URL rules, authorizers other than RBAC, the escalation
+check's other way out (a binding is also allowed when its writer holds every permission of
+the role; here it always needs ``bind``), anonymous requests.
 """
 
 from __future__ import annotations
@@ -33,9 +47,11 @@ import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import kmock
+import yaml
 
 from tests.k8s.emulator import (
     JSON,
@@ -43,6 +59,7 @@ from tests.k8s.emulator import (
     EmulatedCluster,
     ServegateKubernetes,
     api_error,
+    rbac_verb,
 )
 
 TOKEN_REVIEWS: Final = kmock.resource("authentication.k8s.io", "v1", "tokenreviews")
@@ -55,6 +72,8 @@ ROLE_BINDINGS: Final = kmock.resource("rbac.authorization.k8s.io", "v1", "rolebi
 CLUSTER_ROLE_BINDINGS: Final = kmock.resource(
     "rbac.authorization.k8s.io", "v1", "clusterrolebindings"
 )
+RBAC_GROUP: Final = "rbac.authorization.k8s.io"
+BINDINGS: Final = frozenset({"rolebindings", "clusterrolebindings"})
 POD_NAME_EXTRA: Final = "authentication.kubernetes.io/pod-name"
 RETIRE: Final[kmock.Payload] = NotImplemented
 """Returned by a reaction's callback, it retires the reaction for good (kmock disables a
@@ -124,7 +143,28 @@ class ReviewAuthority:
     def __init__(self, cluster: EmulatedCluster) -> None:
         self.cluster = cluster
         self.tokens: dict[str, Identity] = {}
+        self.denied: list[tuple[str, Attributes]] = []
+        """(username, what it asked) of every request :meth:`enforce` refused."""
         cluster.call(self._install)
+
+    def enforce(self) -> None:
+        """From now on, authenticate and authorize every API request (see the module doc):
+        clients run with their own identity's permissions, as in a cluster."""
+        self.cluster.call(lambda: setattr(self.cluster.emulator, "authorize", self._authorize))
+
+    def kubeconfig(self, identity: Identity, path: Path) -> Path:
+        """A kubeconfig for this cluster that authenticates as ``identity`` (a new token).
+        A ServiceAccount's context namespace is its own, as the ``namespace`` file of its
+        token mount tells a pod."""
+        prefix = "system:serviceaccount:"
+        if identity.username.startswith(prefix):
+            namespace = identity.username.removeprefix(prefix).split(":")[0]
+        else:
+            namespace = "default"
+        config = self.cluster.kubeconfig_dict(namespace)
+        config["users"] = [{"name": "emulator", "user": {"token": self.issue(identity)}}]
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
 
     # ------------------------------------------------------------------ test API
 
@@ -225,6 +265,76 @@ class ReviewAuthority:
                 "at the cluster scope",
                 group=resource.group,
                 kind=resource.plural,
+            )
+
+    def _authorize(self, request: kmock.Request) -> None:
+        """:attr:`ServegateKubernetes.authorize`: 401 or 403 unless RBAC allows it."""
+        if not any(k.lower() == "authorization" for k in request.headers):
+            return  # kubectl: it sends no credentials to an http:// server (see the module doc)
+        caller = self._caller(request)
+        verb = rbac_verb(request)
+        if verb is None or request.resource is None or "system:masters" in caller.groups:
+            return  # discovery and other non-resource URLs; the admin
+        group, plural = str(request.resource.group), str(request.resource.plural)
+        resource = f"{plural}/{request.subresource}" if request.subresource else plural
+        named = verb in {"get", "update", "patch", "delete"}
+        attributes = Attributes(
+            verb=verb,
+            group=group,
+            resource=resource,
+            namespace=request.namespace or "",
+            name=(request.name or "") if named else "",
+        )
+        if not _rbac(self.cluster.emulator, caller.username, caller.groups, attributes)[0]:
+            self.denied.append((caller.username, attributes))
+            qualified = f"{plural}.{group}" if group else plural
+            subject = f'{qualified} "{request.name}"' if named else qualified
+            where = (
+                f'in the namespace "{request.namespace}"'
+                if request.namespace
+                else "at the cluster scope"
+            )
+            raise api_error(
+                403,
+                "Forbidden",
+                f"{subject} is forbidden: User "
+                f'"{caller.username}" cannot {verb} resource "{resource}" in API group '
+                f'"{group}" {where}',
+                name=request.name or "",
+                group=group,
+                kind=plural,
+            )
+        if group == RBAC_GROUP and plural in BINDINGS and verb in {"create", "update", "patch"}:
+            self._authorize_binding(request, caller, plural)
+
+    def _authorize_binding(self, request: kmock.Request, caller: Identity, plural: str) -> None:
+        """RBAC's escalation check: writing a binding needs ``bind`` on its role."""
+        body = request.data if isinstance(request.data, dict) else {}
+        ref = body.get("roleRef")
+        if not isinstance(ref, dict):  # a patch that leaves roleRef (immutable) alone
+            resource = ROLE_BINDINGS if plural == "rolebindings" else CLUSTER_ROLE_BINDINGS
+            key = (resource, request.namespace, request.name or "")
+            live = self.cluster.emulator._live(key) or {}
+            ref = live.get("roleRef") or {}
+        kind = str(ref.get("kind") or "")
+        attributes = Attributes(
+            verb="bind",
+            group=RBAC_GROUP,
+            resource="roles" if kind == "Role" else "clusterroles",
+            namespace=request.namespace or "",
+            name=str(ref.get("name") or ""),
+        )
+        if not _rbac(self.cluster.emulator, caller.username, caller.groups, attributes)[0]:
+            self.denied.append((caller.username, attributes))
+            raise api_error(
+                403,
+                "Forbidden",
+                f'{plural}.{RBAC_GROUP} "{request.name or ""}" is forbidden: user '
+                f'"{caller.username}" is attempting to grant RBAC permissions not currently '
+                f'held, and has no "bind" on {kind} "{attributes.name}"',
+                name=request.name or "",
+                group=RBAC_GROUP,
+                kind=plural,
             )
 
     def _token_review(self, request: kmock.Request) -> JSON:

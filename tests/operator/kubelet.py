@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import free_port
+
 _counter = itertools.count()
 
 Objects = Mapping[tuple[str, str], dict[str, Any]]
@@ -122,11 +124,29 @@ def _env_from(name: str, source: dict[str, Any], objects: Objects) -> str | None
 
 
 class Pod:
-    """The container of ``deployment`` running locally under ``root``."""
+    """The container of ``deployment`` running locally under ``root``, as the pod ``name``
+    (for ``fieldRef`` env values: ``metadata.name``, ``metadata.namespace``,
+    ``spec.serviceAccountName``)."""
 
-    def __init__(self, deployment: dict[str, Any], objects: Objects, root: Path) -> None:
+    def __init__(
+        self,
+        deployment: dict[str, Any],
+        objects: Objects,
+        root: Path,
+        *,
+        name: str | None = None,
+    ) -> None:
         self.root = root
+        meta = deployment["metadata"]
+        self.name = name or f"{meta['name']}-7d9f5c6b8-x2x4q"
         pod = deployment["spec"]["template"]["spec"]
+        self.fields = {
+            "metadata.name": self.name,
+            "metadata.namespace": meta.get("namespace") or "default",
+            "spec.serviceAccountName": pod.get("serviceAccountName") or "default",
+        }
+        self.ports: dict[int, int] = {}
+        """Container port → the free local port it is served on (URL arguments only)."""
         self.volumes = {v["name"]: v for v in pod["volumes"]}
         (container,) = pod["containers"]
         self.container = container
@@ -160,6 +180,9 @@ class Pod:
     def _env(self, objects: Objects) -> dict[str, str]:
         env: dict[str, str] = {}
         for var in self.container.get("env", []):
+            if "fieldRef" in var.get("valueFrom", {}):
+                env[var["name"]] = self.fields[var["valueFrom"]["fieldRef"]["fieldPath"]]
+                continue
             if "valueFrom" in var:
                 value = _env_from(var["name"], var["valueFrom"], objects)
                 if value is not None:
@@ -174,13 +197,22 @@ class Pod:
     def _args(self) -> list[str]:
         """The container's arguments after ``servegate``, rebased onto the local mounts.
 
-        The pod binds 0.0.0.0:8080 in its own network namespace; here it binds loopback on
-        a free port instead (``python -m servegate`` stands in for the image's entry point).
+        The pod binds 0.0.0.0 in its own network namespace; here it binds loopback on a
+        free port instead: ``--host``/``--port`` (the gateway; port 0, read back from its
+        log) and ``http://0.0.0.0:<port>`` in an argument (the operator's ``--liveness``;
+        see :attr:`ports`). ``python -m servegate`` stands in for the image's entry point.
         """
         command = list(self.container["command"]) + list(self.container.get("args", []))
         if command[0] != "servegate":
             raise ValueError(f"unexpected container command {command[0]!r}")
         args = [self._rebase(a) for a in command[1:]]
-        args[args.index("--port") + 1] = "0"
-        args[args.index("--host") + 1] = "127.0.0.1"
-        return args
+        if "--port" in args:
+            args[args.index("--port") + 1] = "0"
+            args[args.index("--host") + 1] = "127.0.0.1"
+        return [re.sub(r"://0\.0\.0\.0:(\d+)", self._local_port, a) for a in args]
+
+    def _local_port(self, match: re.Match[str]) -> str:
+        port = int(match.group(1))
+        if port not in self.ports:
+            self.ports[port] = free_port()
+        return f"://127.0.0.1:{self.ports[port]}"

@@ -98,11 +98,23 @@ def roll_out(k8s: EmulatedCluster) -> None:
 
 
 def replace_endpoint(k8s: EmulatedCluster, obj: dict[str, Any]) -> None:
+    """PUT ``obj``'s spec, as ``kubectl edit`` does: on a 409 (the operator wrote the status
+    since ``obj`` was read), again on the latest version, as the 409 asks."""
     custom = kubernetes.client.CustomObjectsApi(k8s.api_client())
     name = obj["metadata"]["name"]
-    custom.replace_namespaced_custom_object(
-        "servegate.io", "v1alpha1", NS, "servingendpoints", name, obj
-    )
+    for _ in range(5):
+        try:
+            custom.replace_namespaced_custom_object(
+                "servegate.io", "v1alpha1", NS, "servingendpoints", name, obj
+            )
+            return
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 409:
+                raise
+        latest = k8s.get(SEP, NS, name)
+        assert latest is not None
+        obj = {**latest, "spec": obj["spec"]}
+    raise AssertionError(f"{name}: five conflicts in a row")
 
 
 def delete(k8s: EmulatedCluster, resource: str, name: str) -> None:
