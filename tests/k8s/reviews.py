@@ -29,7 +29,7 @@ assertions on how many were made.
   authorized as kube-apiserver does: ``resource/subresource``, the namespace of the URL
   (RoleBindings count only there), the name for ``get``/``update``/``patch``/``delete``
   (so ``resourceNames`` never grants ``create``, ``list`` or ``watch``), server-side apply
-  as ``patch``. Writing a (Cluster)RoleBinding also needs ``bind`` on the role it refers
+  as ``patch``, and as ``create`` too when it creates the object. Writing a (Cluster)RoleBinding also needs ``bind`` on the role it refers
   to. Discovery, ``/version`` and ``/openapi`` are open to every authenticated client
   (``system:discovery``). Refused requests are listed in ``denied``. A request without
   credentials is the emulator's admin: kubectl sends no bearer token to an ``http://``
@@ -286,26 +286,49 @@ class ReviewAuthority:
             name=(request.name or "") if named else "",
         )
         if not _rbac(self.cluster.emulator, caller.username, caller.groups, attributes)[0]:
-            self.denied.append((caller.username, attributes))
-            qualified = f"{plural}.{group}" if group else plural
-            subject = f'{qualified} "{request.name}"' if named else qualified
-            where = (
-                f'in the namespace "{request.namespace}"'
-                if request.namespace
-                else "at the cluster scope"
-            )
-            raise api_error(
-                403,
-                "Forbidden",
-                f"{subject} is forbidden: User "
-                f'"{caller.username}" cannot {verb} resource "{resource}" in API group '
-                f'"{group}" {where}',
-                name=request.name or "",
-                group=group,
-                kind=plural,
-            )
+            self._refuse(request, caller, attributes)
+        if verb == "patch" and self._apply_creates(request):
+            # kube-apiserver authorizes an apply that creates the object as a create too.
+            creating = Attributes("create", group, resource, request.namespace or "", "")
+            if not _rbac(self.cluster.emulator, caller.username, caller.groups, creating)[0]:
+                self._refuse(request, caller, creating)
+
         if group == RBAC_GROUP and plural in BINDINGS and verb in {"create", "update", "patch"}:
             self._authorize_binding(request, caller, plural)
+
+    def _refuse(self, request: kmock.Request, caller: Identity, attributes: Attributes) -> None:
+        """403, worded as kube-apiserver words it."""
+        self.denied.append((caller.username, attributes))
+        assert request.resource is not None
+        group, plural = str(request.resource.group), str(request.resource.plural)
+        qualified = f"{plural}.{group}" if group else plural
+        subject = f'{qualified} "{attributes.name}"' if attributes.name else qualified
+        where = (
+            f'in the namespace "{request.namespace}"'
+            if request.namespace
+            else "at the cluster scope"
+        )
+        raise api_error(
+            403,
+            "Forbidden",
+            f'{subject} is forbidden: User "{caller.username}" cannot {attributes.verb} '
+            f'resource "{attributes.resource}" in API group "{group}" {where}',
+            name=request.name or "",
+            group=group,
+            kind=plural,
+        )
+
+    def _apply_creates(self, request: kmock.Request) -> bool:
+        """A server-side apply of an object that does not exist yet."""
+        content_type = next(
+            (v for k, v in request.headers.items() if k.lower() == "content-type"), ""
+        )
+        if not content_type.startswith("application/apply-patch") or request.resource is None:
+            return False
+        emulator = self.cluster.emulator
+        info = emulator._info(request.resource)
+        namespace = request.namespace if info.namespaced else None
+        return emulator._live((request.resource, namespace, request.name or "")) is None
 
     def _authorize_binding(self, request: kmock.Request, caller: Identity, plural: str) -> None:
         """RBAC's escalation check: writing a binding needs ``bind`` on its role."""

@@ -166,3 +166,41 @@ def test_writing_a_binding_needs_bind_on_its_role(
     assert Attributes("bind", "rbac.authorization.k8s.io", "clusterroles", "", "secret-reader") in [
         a for _, a in authority.denied
     ]
+
+
+def test_an_apply_that_creates_is_also_a_create(
+    k8s: EmulatedCluster, authority: ReviewAuthority, tmp_path: Path
+) -> None:
+    """Server-side apply is a ``patch``, and a ``create`` as well when the object is new."""
+    robot = service_account("team-a", "robot")
+    subject = {"kind": "ServiceAccount", "name": "robot", "namespace": "team-a"}
+    authority.grant(
+        "patch-only",
+        [subject],
+        verbs=["patch"],
+        resources=["configmaps"],
+        api_groups=[""],
+        namespace="team-a",
+    )
+    client = client_for(authority.kubeconfig(robot, tmp_path / "kc"))
+
+    def apply(name: str) -> int:
+        try:
+            client.call_api(
+                f"/api/v1/namespaces/team-a/configmaps/{name}",
+                "PATCH",
+                query_params=[("fieldManager", "robot")],
+                header_params={"Content-Type": "application/apply-patch+yaml"},
+                body={**configmap(name), "data": {"k": "v"}},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            return exc.status
+        return 200
+
+    assert apply("new") == 403
+    assert authority.denied[-1][1] == Attributes("create", "", "configmaps", "team-a", "")
+    k8s.create({**configmap("existing"), "metadata": {"name": "existing", "namespace": "team-a"}})
+    assert apply("existing") == 200
+    assert k8s.get("v1/configmaps", "team-a", "existing")["data"] == {"k": "v"}
