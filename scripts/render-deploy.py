@@ -7,7 +7,10 @@ script renders the chart with the real Helm engine (helm-python-sdk, Helm's Go S
 writes:
 
 - ``deploy/operator/servegate.yaml``: the ``servegate-system`` Namespace, then every
-  object of the chart, in Helm's install order, each with its ``# Source:`` line;
+  object of the chart, in Helm's install order, each with its ``# Source:`` line, except
+  the kopf peering object: the operator applies it at start
+  (operator/servegate_operator/peering.py), so no object in deploy/operator/ is of a kind
+  the CRDs of the same ``kubectl apply`` define, which a new cluster may not serve yet;
 - ``helm/servegate/crds/servingendpoints.servegate.io.yaml``: a copy of the CRD that
   ``servegate crd`` generates into deploy/crds/ (the one source);
 - ``deploy/crds/kopf-peering.yaml``: a copy of the chart's kopf peering CRDs.
@@ -87,11 +90,12 @@ HEADER = f"""\
 #   python scripts/render-deploy.py
 # after changing the chart; tests/helm/test_chart.py fails while this file is stale.
 #
-# Install (the CRDs first: the peering object below is one of their kinds):
-#   kubectl apply -f deploy/crds/
-#   kubectl wait --for condition=established crd --all --timeout=60s
-#   kubectl apply -f deploy/operator/
+# Install:
+#   kubectl apply -f deploy/crds/ -f deploy/operator/
+# The chart's kopf peering object is left out: the operator applies it when it starts.
 """
+
+PEERING_KINDS = frozenset({"ClusterKopfPeering", "KopfPeering"})
 
 NAMESPACE_OBJECT = f"""\
 # The operator's namespace. Its pods meet the "restricted" Pod Security Standard.
@@ -144,7 +148,8 @@ def render_chart(
 
 
 def operator_manifest() -> str:
-    parts = [NAMESPACE_OBJECT, *(text for _, text in render_chart())]
+    objects = [text for kind, text in render_chart() if kind not in PEERING_KINDS]
+    parts = [NAMESPACE_OBJECT, *objects]
     return HEADER + "---\n" + "---\n".join(parts)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from servegate_operator import reconcile
+from servegate_operator import peering, reconcile
 from servegate_operator.runtime import RUNTIME
 
 GROUP, VERSION, PLURAL = "servegate.io", "v1alpha1", "servingendpoints"
@@ -56,6 +56,13 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     RUNTIME.configure_kopf(settings)
+
+
+@kopf.on.startup()
+def ensure_peering(**_: Any) -> None:
+    """Before kopf looks for it: the peering object, without which every replica would wait."""
+    if RUNTIME.peering is not None:
+        peering.ensure_peering(RUNTIME.kube(), RUNTIME.peering, RUNTIME.namespaces)
 
 
 @kopf.on.startup()

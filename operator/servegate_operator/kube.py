@@ -49,6 +49,8 @@ CLUSTER_ROLE_BINDINGS = Resource(
     "rbac.authorization.k8s.io", "v1", "clusterrolebindings", namespaced=False
 )
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings")
+CLUSTER_KOPF_PEERINGS = Resource("kopf.dev", "v1", "clusterkopfpeerings", namespaced=False)
+KOPF_PEERINGS = Resource("kopf.dev", "v1", "kopfpeerings")
 
 BY_KIND = {
     "ConfigMap": CONFIG_MAPS,
@@ -60,6 +62,8 @@ BY_KIND = {
     "ServiceAccount": SERVICE_ACCOUNTS,
     "ClusterRoleBinding": CLUSTER_ROLE_BINDINGS,
     "RoleBinding": ROLE_BINDINGS,
+    "ClusterKopfPeering": CLUSTER_KOPF_PEERINGS,
+    "KopfPeering": KOPF_PEERINGS,
 }
 
 

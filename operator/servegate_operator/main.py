@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     RUNTIME.namespaces = tuple(args.namespace)
     RUNTIME.peering_lifetime_s = args.peering_lifetime
+    RUNTIME.peering = None if args.standalone else args.peering
     priority = args.priority
     if priority is None:
         priority = random.SystemRandom().randint(1, MAX_AUTO_PRIORITY)

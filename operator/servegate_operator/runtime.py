@@ -25,6 +25,8 @@ class Runtime:
     settings: OperatorSettings = field(default_factory=settings_from_env)
     namespaces: tuple[str, ...] = ()
     """The namespaces the operator watches (``--namespace``); empty: all of them."""
+    peering: str | None = None
+    """The kopf peering object's name (``--peering``); None: standalone."""
     peering_lifetime_s: int = 60
     """How long a silent peer counts as alive (``--peering-lifetime``)."""
     reconciles: int = 0

@@ -1,8 +1,8 @@
 """The documented installs, run end to end against the emulated API server with RBAC
 enforced on every request.
 
-kubectl applies ``deploy/crds/`` and ``deploy/operator/`` exactly as the README says (or the
-chart rendered for two watched namespaces with two operator replicas). A stand-in kubelet
+``kubectl apply -f deploy/crds/ -f deploy/operator/``, as the README says (or the chart
+rendered for two watched namespaces with two operator replicas). A stand-in kubelet
 (kubelet.py) starts each operator pod from the applied Deployment: its own command and
 env, the pod's name through the downward API, and a token of its own ServiceAccount, so the
 operator runs with only what the install granted it. Then the README's walkthrough: a
@@ -43,7 +43,7 @@ KEY = "sk-install-canary-key"
 CHART = REPO / "helm" / "servegate"
 
 INSTALLS: dict[str, dict[str, Any] | None] = {
-    # README: kubectl apply -f deploy/crds/; kubectl wait ...; kubectl apply -f deploy/operator/
+    # README: kubectl apply -f deploy/crds/ -f deploy/operator/
     "kubectl-deploy": None,
     # helm install -n servegate-system with two watched namespaces and a hot standby.
     "chart-namespaced-two-replicas": {
@@ -117,9 +117,8 @@ class OperatorPod:
 def install(cluster: EmulatedCluster, values: dict[str, Any] | None, directory: Path) -> str:
     """Apply the install with kubectl; returns the operator Deployment's name."""
     if values is None:
-        cluster.kubectl("apply", "-f", str(REPO / "deploy" / "crds"))
-        cluster.kubectl("wait", "--for", "condition=established", "crd", "--all")
-        applied = cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator")).stdout
+        crds, operator = REPO / "deploy" / "crds", REPO / "deploy" / "operator"
+        applied = cluster.kubectl("apply", "-f", str(crds), "-f", str(operator)).stdout
         assert "deployment.apps/servegate-operator created" in applied
         return "servegate-operator"
     with helm_python.Chart.load(CHART) as chart:
@@ -193,6 +192,12 @@ def test_the_documented_install_runs_with_the_rbac_it_grants(
 
     try:
         wait_for("the operator's liveness", lambda: all(p.healthy() for p in pods), timeout=30)
+        # The peering objects: the chart installs them, deploy/ leaves them to the operator.
+        if values is None:
+            assert cluster.get("kopf.dev/v1/clusterkopfpeerings", None, "servegate")
+        else:
+            for namespace in values["watchNamespaces"]:
+                assert cluster.get("kopf.dev/v1/kopfpeerings", namespace, "servegate")
 
         # The README's walkthrough: a Secret, the embeddings example, READY, a query.
         kubectl_apply(cluster, key_secret())

@@ -315,7 +315,9 @@ RBAC_MODES: dict[str, dict[str, Any] | None] = {
 
 
 @pytest.mark.parametrize("mode", RBAC_MODES)
-def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster, mode: str) -> None:
+def test_rbac_grants_exactly_what_the_operator_calls(
+    cluster: EmulatedCluster, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Run the operator as deployed (every namespace, with peering; gateway.auth
     kubernetes as deploy/ has it, with gateway.controlPlane, or file as the chart renders
     it), exercise every code path that talks to the API, and compare the calls with its
@@ -327,15 +329,10 @@ def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster, m
     control_plane = mode == "control-plane"
     assert settings.gateway.auth_mode == auth
     assert settings.gateway.control_plane == ("kubernetes" if control_plane else None)
-    k8s.create(
-        {
-            "apiVersion": "kopf.dev/v1",
-            "kind": "ClusterKopfPeering",
-            "metadata": {"name": "servegate"},
-        }
-    )
+    # No peering object: the operator applies it at start (deploy/ does not carry it).
     kube = Kube(k8s.api_client())
     RUNTIME.use(kube, settings)
+    monkeypatch.setattr(RUNTIME, "peering", "servegate")
     binding = f"servegate-gateway-reviews-{NS}"
     role_binding = "servegate-gateway-control-plane"
     args = ["run", "-A", "--peering", "servegate", "-m", "servegate_operator.handlers"]
@@ -373,6 +370,7 @@ def test_rbac_grants_exactly_what_the_operator_calls(cluster: EmulatedCluster, m
         assert k8s.get(CLUSTER_ROLE_BINDINGS, None, binding) is None
         assert k8s.get(ROLE_BINDINGS, NS, role_binding) is None  # garbage-collected
     assert runner.exit_code == 0, runner.output
+    assert k8s.get("kopf.dev/v1/clusterkopfpeerings", None, "servegate") is not None
     called = set(kube.calls) | k8s.rbac_calls(user_agent="kopf")
     role = named(documents, "ClusterRole", "servegate-operator")
     assert role is not None

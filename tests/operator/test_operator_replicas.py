@@ -77,13 +77,7 @@ class Replica:
 @pytest.fixture
 def replicas(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[list[Replica]]:
     started: list[Replica] = []
-    cluster.create(
-        {
-            "apiVersion": "kopf.dev/v1",
-            "kind": "ClusterKopfPeering",
-            "metadata": {"name": "servegate"},
-        }
-    )
+    # No peering object: the first replica applies it.
     cluster.create(secret("openai", {"api_key": "sk-x"}))
     yield started
     for replica in started:
