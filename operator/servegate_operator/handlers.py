@@ -39,6 +39,36 @@ def reconcile_endpoint(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         kopf.event(body, type=kind, reason=reason, message=message)
 
 
+FOLLOW_INTERVAL_S = 2.0
+"""While its gateway rolls out, an endpoint is reconciled this often, so READY follows the
+rollout within seconds rather than at the next periodic reconcile."""
+FOLLOW_FOR_S = 600.0
+"""For at most this long after the gateway became unavailable: a gateway that cannot start
+(a bad image, no node for it) is then looked at every reconcile interval only."""
+
+
+def following_rollout(status: kopf.Status, **_: Any) -> bool:
+    """The gateway is rolling out, or has no replica available, since less than
+    ``FOLLOW_FOR_S``: no watch on Deployments needed (nor the RBAC to read them all)."""
+    conditions = status.get("conditions") or []
+    gateway = next((c for c in conditions if c.get("type") == "GatewayAvailable"), None)
+    if gateway is None or gateway.get("status") != "False":
+        return False
+    try:
+        since = datetime.datetime.strptime(gateway["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ")
+    except (KeyError, TypeError, ValueError):
+        return True
+    age = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - since
+    return age.total_seconds() < FOLLOW_FOR_S
+
+
+@kopf.timer(
+    GROUP, VERSION, PLURAL, id="follow_rollout", interval=FOLLOW_INTERVAL_S, when=following_rollout
+)
+def follow_rollout(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+    reconcile_endpoint(body=body, patch=patch, **kwargs)
+
+
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 def endpoint_deleted(namespace: str | None, **_: Any) -> None:
     """Owned config goes by garbage collection; the shared gateway drops this endpoint."""

@@ -48,7 +48,7 @@ INSTALLS: dict[str, dict[str, Any] | None] = {
     # helm install -n servegate-system with two watched namespaces and a hot standby.
     "chart-namespaced-two-replicas": {
         "watchNamespaces": [NS, "team-b"],
-        "operator": {"replicas": 2, "reconcileInterval": 2},
+        "operator": {"replicas": 2},
     },
 }
 
@@ -80,7 +80,6 @@ class OperatorPod:
         deployment: dict[str, Any],
         directory: Path,
         name: str,
-        env: dict[str, str],
     ) -> None:
         self.pod = Pod(deployment, {}, directory / name, name=name)
         namespace = deployment["metadata"]["namespace"]
@@ -94,7 +93,7 @@ class OperatorPod:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "servegate", *self.pod.args],
                 cwd=REPO,
-                env={**self.pod.env, **env, "KUBECONFIG": str(kubeconfig)},
+                env={**self.pod.env, "KUBECONFIG": str(kubeconfig)},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -174,11 +173,8 @@ def test_the_documented_install_runs_with_the_rbac_it_grants(
     assert deployment is not None
     replicas = deployment["spec"]["replicas"]
     assert replicas == (1 if values is None else 2)
-    # deploy/ reconciles every 60 s; the kubelet shortens that for this test only (a
-    # rollout's end is seen at the next reconcile). The chart install sets it as a value.
-    env = {"SERVEGATE_RECONCILE_INTERVAL": "2"} if values is None else {}
     pods = [
-        OperatorPod(cluster, authority, deployment, tmp_path, f"{name}-6b7c9d-{n}", env)
+        OperatorPod(cluster, authority, deployment, tmp_path, f"{name}-6b7c9d-{n}")
         for n in ("q2w5z", "k8x4m")[:replicas]
     ]
     gateway: GatewayProcess | None = None

@@ -192,3 +192,42 @@ def test_transient_api_errors_are_retried(cluster: EmulatedCluster) -> None:
     # Still alive and reconciling after the failures (the fixture checks a clean exit).
     reconciles = RUNTIME.reconciles
     wait_for("more reconciles", lambda: RUNTIME.reconciles > reconciles, timeout=10)
+
+
+@pytest.fixture
+def slow_operator(cluster: EmulatedCluster) -> Iterator[Kube]:
+    """kopf with the deployed default: a periodic reconcile every 60 s, so anything quicker
+    comes from the rollout follow-up."""
+    kube = Kube(cluster.api_client())
+    RUNTIME.use(kube, OperatorSettings(gateway=GatewayDefaults(replicas=2)))
+    assert RUNTIME.settings.reconcile_interval_s == 60
+    args = ["run", "--standalone", "-A", "-m", "servegate_operator.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield kube
+    assert runner.exit_code == 0, runner.output
+
+
+def test_ready_follows_the_rollout_within_seconds(
+    cluster: EmulatedCluster, slow_operator: Kube
+) -> None:
+    """While the gateway rolls out, the endpoint is looked at every 2 s, not every 60 s."""
+    k8s = cluster
+    k8s.create(secret("openai", {"api_key": "sk-x"}))
+    k8s.create(secret("local-llm", {"token": "t"}))
+    k8s.create(endpoint("chat"))
+    wait_for("rolling out", lambda: condition(k8s, "chat", "GatewayAvailable").get("reason"))
+    assert condition(k8s, "chat", "GatewayAvailable")["reason"] == "RollingOut"
+    # Four more reconciles, 2 s apart: past the periodic timer's first run (5 s after the
+    # start), so the next periodic one is a minute away.
+    start = RUNTIME.reconciles
+    wait_for("follow-ups", lambda: RUNTIME.reconciles >= start + 4, timeout=15)
+    roll_out(k8s)
+    wait_for(
+        "READY",
+        lambda: status_of(k8s, "chat").get("state", {}).get("ready") == "READY",
+        timeout=10,
+    )
+    assert condition(k8s, "chat", "GatewayAvailable")["status"] == "True", (
+        condition(k8s, "chat", "GatewayAvailable"),
+        k8s.get("apps/v1/deployments", NS, "servegate-gateway"),
+    )
