@@ -562,12 +562,9 @@ def run_scenario(settings: SlowSettings, env: Env, stack: ExitStack, result: Slo
         wrk=False,
     )
     result.response_bytes = response_frames(CHUNKS).size
-    suite_settings = Settings(
+    suite_settings = Settings.one_gateway(
         duration=settings.hold_s,
-        warmup=0.0,
-        profile_seconds=0.0,
         output=settings.output,
-        spread=False,
         gateway_cpus=settings.gateway_cpus,
         load_cpus=settings.load_cpus,
         servegate_ref=settings.servegate_ref,

@@ -500,12 +500,9 @@ def write_samples(soak: Soak, path: Path) -> None:
 
 def run_soak(soak: Soak, tmp: Path, stack: ExitStack) -> None:
     settings = soak.settings
-    suite_settings = Settings(
+    suite_settings = Settings.one_gateway(
         duration=settings.chunk_seconds,
-        warmup=0.0,
-        profile_seconds=0.0,
         output=settings.output,
-        spread=False,
         gateway_cpus=settings.gateway_cpus,
         load_cpus=settings.load_cpus,
         servegate_ref=settings.servegate_ref,

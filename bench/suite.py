@@ -64,6 +64,31 @@ class Settings:
     use_wrk: bool
     slow_hold: float = 0.0  # seconds the 1,000 slow streams are held (slow_streams.py); 0: skip
 
+    @classmethod
+    def one_gateway(
+        cls,
+        *,
+        duration: float,
+        output: Path,
+        gateway_cpus: str | None,
+        load_cpus: str | None,
+        servegate_ref: str | None,
+        use_wrk: bool,
+    ) -> Settings:
+        """For the long runs outside the suite's scenarios (slow_streams.py, soak.py): one
+        gateway, no warm-up, no profile, no spreading over CPUs."""
+        return cls(
+            duration=duration,
+            warmup=0.0,
+            profile_seconds=0.0,
+            output=output,
+            spread=False,
+            gateway_cpus=gateway_cpus,
+            load_cpus=load_cpus,
+            servegate_ref=servegate_ref,
+            use_wrk=use_wrk,
+        )
+
 
 @dataclass
 class Env:

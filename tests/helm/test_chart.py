@@ -830,6 +830,36 @@ def test_operator_pod_is_locked_down() -> None:
     standalone = render(SCENARIOS["standalone"])
     (alone,) = [o for o in standalone if o["kind"] == "Deployment"]
     assert alone["spec"]["strategy"] == {"type": "Recreate"}
+    assert "topologySpreadConstraints" not in pod  # one replica: nothing to spread
+
+
+def test_operator_replicas_spread_over_nodes() -> None:
+    """Two replicas (all-features): a soft spread over nodes, so a standby does not fall
+    with the leader's node; a list of constraints replaces it."""
+    deployment = one("all-features", "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+        }
+    ]
+    zones = [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "DoNotSchedule",
+            "labelSelector": {"matchLabels": {"a": "b"}},
+        }
+    ]
+    custom = render(
+        merged(SCENARIOS["all-features"], {"operator": {"topologySpreadConstraints": zones}})
+    )
+    (spread,) = [o for o in custom if o["kind"] == "Deployment"]
+    assert spread["spec"]["template"]["spec"]["topologySpreadConstraints"] == zones
     assert pod["serviceAccountName"] == "servegate-operator"
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
