@@ -23,15 +23,22 @@ pause, with kopf's warning, until one restarts) with a chance of about one in 2*
 debugging operator given a higher ``--priority`` pauses them all."""
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def _priority(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 
 def _lifetime(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 10:
         raise argparse.ArgumentTypeError("must be 10 seconds or more")
     return value
@@ -50,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--standalone", action="store_true", help="no peering: one replica only")
     parser.add_argument(
-        "--peering", default="servegate", help="kopf peering object for several replicas"
+        "--peering",
+        default="servegate",
+        help="the kopf peering object the replicas coordinate through (applied at start)",
     )
     parser.add_argument(
         "--priority",

@@ -164,3 +164,25 @@ def test_replicas_without_a_priority_never_tie(
     if standby.said("Resuming operations"):
         assert standby.said("Pausing operations in favour of")
     assert not any(p.said("Possibly conflicting operators") for p in pods)
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--priority=-1", "argument --priority: must be 0 or more"),
+        ("--priority=high", "argument --priority: 'high' is not a whole number"),
+        ("--peering-lifetime=5", "argument --peering-lifetime: must be 10 seconds or more"),
+    ],
+)
+def test_bad_peering_flags_are_refused_with_the_reason(flag: str, message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "servegate", "operator", flag],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
