@@ -1309,6 +1309,14 @@ def test_notes_take_the_user_to_a_first_query() -> None:
     assert "Authorization: Bearer" in namespaced and "NOT authenticated" not in namespaced
     both = notes({"gateway": {"authSecret": "auth"}})
     assert "create token web" in both and "may also authenticate" in both
+    assert "stand by" not in text  # one replica
+    standby = notes({"operator": {"replicas": 2}})
+    assert "2 operator replicas: the one with the highest peering priority works" in standby
+    assert "kubectl get clusterkopfpeering servegate -o jsonpath='{.status}'" in standby
+    namespaced_standby = notes(merged(NAMESPACED, {"operator": {"replicas": 2}}))
+    assert "kubectl get kopfpeering servegate -n team-a -o jsonpath='{.status}'" in (
+        namespaced_standby
+    )
 
 
 def test_the_notes_grant_is_what_the_gateway_asks_for(tmp_path: Path) -> None:

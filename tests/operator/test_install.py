@@ -16,6 +16,7 @@ namespaced (Role) install.
 from __future__ import annotations
 
 import base64
+import json
 import signal
 import subprocess
 import sys
@@ -255,6 +256,11 @@ def test_the_documented_install_runs_with_the_rbac_it_grants(
         assert embedded.data[0].embedding
 
         if replicas == 2:
+            # NOTES.txt's command lists both replicas and their priorities.
+            listed = cluster.kubectl(
+                "get", "kopfpeering", "servegate", "-n", NS, "-o", "jsonpath={.status}"
+            ).stdout
+            assert {pod.pod.name for pod in pods} <= set(json.loads(listed))
             # The hot standby: the leader stops (a rollout, a drain), the other takes over
             # and reconciles what comes next.
             leader = next(p for p in pods if p.said("Handler 'reconcile_endpoint' succeeded"))
