@@ -85,10 +85,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 E2E_IMAGE = {"repository": "servegate", "tag": "e2e", "pullPolicy": "Never"}
-#: The chart's values for the e2e install: the image kind loaded, one gateway replica, the
-#: default Kubernetes auth (callers query with a ServiceAccount token, as NOTES.txt says).
+#: The chart's values for the e2e install: the image kind loaded, two operator replicas
+#: (one works, one stands by), one gateway replica, the default Kubernetes auth (callers
+#: query with a ServiceAccount token, as NOTES.txt says).
 INSTALL_VALUES: dict[str, Any] = {
-    "operator": {"image": E2E_IMAGE},
+    "operator": {"image": E2E_IMAGE, "replicas": 2},
     "gateway": {"image": E2E_IMAGE, "replicas": 1},
 }
 
@@ -189,3 +190,20 @@ def test_helm_install_apply_and_query(cluster: Path) -> None:
     finally:
         forward.terminate()
         forward.wait(timeout=30)
+
+
+def test_the_standby_operator_takes_over(cluster: Path) -> None:
+    """Delete the working operator pod (the peering entry with the highest priority): the
+    standby resumes and reconciles the next endpoint to READY."""
+    peering = json.loads(kubectl(cluster, "get", "clusterkopfpeering", "servegate", "-o", "json"))
+    peers = {pod: info for pod, info in (peering.get("status") or {}).items() if info}
+    assert len(peers) == 2, peers
+    leader = max(peers, key=lambda pod: peers[pod]["priority"])
+    kubectl(cluster, "delete", "pod", leader, "-n", "servegate-system", "--wait=true")
+    document = yaml.safe_load(in_cluster("embeddings"))
+    document["metadata"]["name"] = "after-takeover"
+    kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(document))
+    kubectl(
+        cluster, "wait", "--for=condition=Ready", "servingendpoint/after-takeover",
+        "--timeout=300s",
+    )  # fmt: skip

@@ -517,6 +517,7 @@ def test_the_kind_suites_install_values_are_valid_and_reach_the_pods() -> None:
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["SERVEGATE_GATEWAY_IMAGE"] == container["image"]
     assert env["SERVEGATE_GATEWAY_AUTH"] == "kubernetes"  # the suite queries with a token
+    assert rendered["spec"]["replicas"] == 2  # the suite deletes the working one
 
 
 def test_values_yaml_matches_the_schema_and_is_commented() -> None:
