@@ -17,8 +17,12 @@ from servegate_operator.runtime import RUNTIME
 GROUP, VERSION, PLURAL = "servegate.io", "v1alpha1", "servingendpoints"
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+"""Kubernetes' timestamps (RFC 3339, UTC, whole seconds), as conditions carry them."""
+
+
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime(TIME_FORMAT)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -47,18 +51,22 @@ FOLLOW_FOR_S = 600.0
 (a bad image, no node for it) is then looked at every reconcile interval only."""
 
 
-def following_rollout(status: kopf.Status, **_: Any) -> bool:
+def following_rollout(
+    status: kopf.Status, *, now: datetime.datetime | None = None, **_: Any
+) -> bool:
     """The gateway is rolling out, or has no replica available, since less than
-    ``FOLLOW_FOR_S``: no watch on Deployments needed (nor the RBAC to read them all)."""
+    ``FOLLOW_FOR_S``: no watch on Deployments needed (nor the RBAC to read them all).
+    ``now`` (naive UTC) is for tests."""
     conditions = status.get("conditions") or []
     gateway = next((c for c in conditions if c.get("type") == "GatewayAvailable"), None)
     if gateway is None or gateway.get("status") != "False":
         return False
     try:
-        since = datetime.datetime.strptime(gateway["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ")
+        since = datetime.datetime.strptime(gateway["lastTransitionTime"], TIME_FORMAT)
     except (KeyError, TypeError, ValueError):
         return True
-    age = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - since
+    now = now or datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    age = now - since
     return age.total_seconds() < FOLLOW_FOR_S
 
 

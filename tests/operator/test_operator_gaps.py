@@ -5,6 +5,7 @@ without crashing the operator."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from typing import Any
 
@@ -231,3 +232,29 @@ def test_ready_follows_the_rollout_within_seconds(
         condition(k8s, "chat", "GatewayAvailable"),
         k8s.get("apps/v1/deployments", NS, "servegate-gateway"),
     )
+
+
+def gateway_condition(status: str, since: str | None) -> dict[str, Any]:
+    condition: dict[str, Any] = {"type": "GatewayAvailable", "status": status}
+    if since is not None:
+        condition["lastTransitionTime"] = since
+    return {"conditions": [{"type": "ConfigValid", "status": "True"}, condition]}
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({}, False),  # not reconciled yet: the create handler comes first
+        (gateway_condition("True", "2026-11-22T10:00:00Z"), False),
+        (gateway_condition("False", "2026-11-22T10:00:00Z"), True),  # just turned False
+        (gateway_condition("False", "2026-11-22T09:51:00Z"), True),  # 9 minutes
+        (gateway_condition("False", "2026-11-22T09:50:00Z"), False),  # 10: left to the 60 s timer
+        (gateway_condition("False", None), True),
+        (gateway_condition("False", "yesterday"), True),
+    ],
+)
+def test_the_rollout_is_followed_for_ten_minutes(status: dict[str, Any], expected: bool) -> None:
+    from servegate_operator.handlers import following_rollout
+
+    now = datetime.datetime(2026, 11, 22, 10, 0, 0)
+    assert following_rollout(status, now=now) is expected
