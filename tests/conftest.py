@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import queue
 import signal
@@ -285,6 +286,29 @@ async def new_session() -> aiohttp.ClientSession:
 async def http_post(url: str, body: Any) -> Any:
     async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
         return await r.json()
+
+
+def curl_invocation(
+    base_url: str, endpoint: str, body: Any, *flags: str, timeout: float = 30
+) -> subprocess.CompletedProcess[bytes]:
+    """``curl -sS [flags] -d BODY <base_url>/serving-endpoints/<endpoint>/invocations``: the
+    README's curl call, run for real. The caller reads and checks the output (``-i`` keeps
+    the headers' CRLFs, so it stays bytes)."""
+    return subprocess.run(
+        [
+            "curl",
+            "-sS",
+            *flags,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            json.dumps(body),
+            f"{base_url}/serving-endpoints/{endpoint}/invocations",
+        ],
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @dataclass

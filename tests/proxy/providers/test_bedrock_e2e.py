@@ -6,7 +6,6 @@ secret rotation, the AWS default credential chain, and an unservable auth style.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
     SimulatedGateway,
+    curl_invocation,
     endpoint_doc,
     generation,
     http_get,
@@ -348,22 +348,9 @@ def test_rate_limit_through_the_sdk(env: Env, oai: openai.OpenAI) -> None:
 
 
 def curl_stream(env: Env, endpoint: str, body: dict[str, Any]) -> str:
-    out = subprocess.run(
-        [
-            "curl",
-            "-sSN",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            json.dumps({**body, "stream": True}),
-            f"{env.gateway.url}/serving-endpoints/{endpoint}/invocations",
-        ],
-        capture_output=True,
-        check=True,
-        timeout=30,
-        text=True,
-    )
-    return out.stdout
+    out = curl_invocation(env.gateway.url, endpoint, {**body, "stream": True}, "-N")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.decode()
 
 
 def test_curl_stream(env: Env) -> None:

@@ -5,7 +5,6 @@ upstream errors, and an API key rotated on disk while the gateway runs."""
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,7 @@ from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
     SimulatedGateway,
+    curl_invocation,
     endpoint_doc,
     generation,
     start_site,
@@ -244,23 +244,9 @@ def test_stream_cut_mid_way_reaches_the_client_as_an_error(oai: openai.OpenAI, e
 
 
 def _curl(env: Env, endpoint: str, body: dict[str, Any], *flags: str) -> str:
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            *flags,
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            json.dumps(body),
-            f"{env.gateway.url}/serving-endpoints/{endpoint}/invocations",
-        ],
-        capture_output=True,
-        check=True,
-        timeout=30,
-        text=True,
-    )
-    return out.stdout
+    out = curl_invocation(env.gateway.url, endpoint, body, *flags)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.decode().replace("\r\n", "\n")  # as text mode read it
 
 
 def test_curl_stream_and_rate_limit(env: Env) -> None:

@@ -5,7 +5,6 @@ upstream 400/401/429/500 errors (one-shot faults) wrapped with the README's erro
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,7 @@ from servegate.simulators.vertex import create_vertex_app, generate_service_acco
 from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
+    curl_invocation,
     endpoint_doc,
     http_call,
     start_site,
@@ -192,24 +192,7 @@ def _no_faults(env: Env) -> Iterator[None]:
 
 def curl(env: Env, endpoint: str, body: Any) -> tuple[int, Any]:
     """(status, JSON body) of one POST to the endpoint, made with curl."""
-    out = subprocess.run(
-        [
-            "curl",
-            "-s",
-            "--max-time",
-            "20",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            json.dumps(body),
-            f"{env.gateway.url}/serving-endpoints/{endpoint}/invocations",
-        ],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
+    out = curl_invocation(env.gateway.url, endpoint, body, "--max-time", "20", "-w", "%{http_code}")
     text = out.stdout.decode()
     assert out.returncode == 0, (out.returncode, out.stderr.decode(), env.gateway.logs()[-2000:])
     raw, status = text[:-3], int(text[-3:])

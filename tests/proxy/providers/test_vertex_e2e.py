@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +18,7 @@ from tests.conftest import (
     BackgroundLoop,
     GatewayProcess,
     SimulatedGateway,
+    curl_invocation,
     endpoint_doc,
     generation,
     http_get,
@@ -350,21 +350,7 @@ def test_key_material_never_reaches_the_logs(env: Env) -> None:
 
 
 def curl(env: Env, endpoint: str, body: Any, *flags: str) -> str:
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            *flags,
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            json.dumps(body),
-            f"{env.gateway.url}/serving-endpoints/{endpoint}/invocations",
-        ],
-        capture_output=True,
-        timeout=30,
-    )
-    return out.stdout.decode()
+    return curl_invocation(env.gateway.url, endpoint, body, *flags).stdout.decode()
 
 
 def test_curl_stream_and_rate_limit_headers(env: Env) -> None:
