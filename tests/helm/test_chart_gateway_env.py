@@ -24,9 +24,9 @@ from tests.helm.test_chart import (
     CHART,
     CUSTOM_KINDS,
     KUBE_VERSIONS,
-    NAMESPACE,
     NAMESPACED,
     REPO,
+    assert_lint_clean,
     chart,
     helm_error,
     merged,
@@ -82,11 +82,7 @@ def gateway_container(env: dict[str, str]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_helm_lint_is_clean(scenario: str) -> None:
-    report = helm_python.lint(
-        CHART, SCENARIOS[scenario], strict=True, namespace=NAMESPACE, kube_version="v1.27.0"
-    )
-    assert report["errors"] == []
-    assert [(m["severity"], m["error"]) for m in report["messages"]] == [(1, "icon is recommended")]
+    assert_lint_clean(SCENARIOS[scenario])
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)

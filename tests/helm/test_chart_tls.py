@@ -19,12 +19,11 @@ from servegate_operator.render.gateway import render_deployment, render_service
 from servegate_operator.render.labels import gateway_selector
 from servegate_operator.settings import settings_from_env
 from tests.helm.test_chart import (
-    CHART,
     CUSTOM_KINDS,
     KUBE_VERSIONS,
-    NAMESPACE,
     NAMESPACED,
     SERVICE_MONITOR_SCHEMA,
+    assert_lint_clean,
     chart,
     helm_error,
     merged,
@@ -106,11 +105,7 @@ def operator_env(scenario: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_helm_lint_is_clean(scenario: str) -> None:
-    report = helm_python.lint(
-        CHART, SCENARIOS[scenario], strict=True, namespace=NAMESPACE, kube_version="v1.27.0"
-    )
-    assert report["errors"] == []
-    assert [(m["severity"], m["error"]) for m in report["messages"]] == [(1, "icon is recommended")]
+    assert_lint_clean(SCENARIOS[scenario])
 
 
 @pytest.mark.parametrize("version", KUBE_VERSIONS)

@@ -25,9 +25,9 @@ from servegate_operator.settings import settings_from_env
 from tests.helm.test_chart import (
     CHART,
     KUBE_VERSIONS,
-    NAMESPACE,
     NAMESPACED,
     REPO,
+    assert_lint_clean,
     chart,
     helm_error,
     merged,
@@ -224,11 +224,7 @@ def test_the_egress_policy_is_valid_kubernetes(scenario: str, version: str) -> N
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_helm_lint_is_clean_with_the_egress_policy(scenario: str) -> None:
-    report = helm_python.lint(
-        CHART, SCENARIOS[scenario], strict=True, namespace=NAMESPACE, kube_version="v1.27.0"
-    )
-    assert report["errors"] == []
-    assert [(m["severity"], m["error"]) for m in report["messages"]] == [(1, "icon is recommended")]
+    assert_lint_clean(SCENARIOS[scenario])
 
 
 # ---------------------------------------------------------------------------- the rules
