@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
@@ -30,6 +30,9 @@ from aiohttp import web
 
 from servegate.app import GatewaySettings, create_app
 from servegate.transport.client import Timeouts
+
+if TYPE_CHECKING:
+    from tests.records.pg import PostgresServer
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -160,6 +163,16 @@ class BackgroundLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (tests/records/pg.py): the record tests
+    keep apart by schema, the gateway tests by what they count."""
+    from tests.records.pg import running_postgres  # it imports this module
+
+    with running_postgres() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

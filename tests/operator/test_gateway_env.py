@@ -372,16 +372,6 @@ def network(background_loop: BackgroundLoop) -> Iterator[Network]:
     network.close()
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
-
-
 async def ask(url: str) -> int:
     async with (
         aiohttp.ClientSession() as session,

@@ -1,4 +1,5 @@
-"""PostgreSQL for the record tests: one server for the session, a fresh one on request.
+"""PostgreSQL for the record tests: the session's server (``postgres``, tests/conftest.py),
+or a fresh one on request.
 
 Tests sharing the session server keep apart by schema (``schema`` fixture) and database
 names; a test that stops and restarts the server takes its own (``private_postgres``).
@@ -11,27 +12,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.records.pg import PostgresServer
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+from tests.records.pg import PostgresServer, running_postgres
 
 
 @pytest.fixture
 def private_postgres() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        server.start()
+    with running_postgres() as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

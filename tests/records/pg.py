@@ -17,6 +17,8 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +172,14 @@ class PostgresServer:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
         except OSError:
             return "(no server log)"
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgresServer]:
+    """A started server, closed (and its data directory removed) on exit."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
