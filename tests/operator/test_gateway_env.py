@@ -9,7 +9,6 @@ writes its usage rows to PostgreSQL with the DSN from the Secret."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -40,6 +39,7 @@ from servegate_operator.settings import CaBundle, GatewayDefaults, SecretKey, se
 from tests.conftest import BackgroundLoop, GatewayProcess
 from tests.egress import EgressProxy, serve_tls
 from tests.operator.kubelet import Pod
+from tests.operator.test_pod_runs import secret, spec_document
 from tests.records.pg import PostgresServer
 
 KUBE_VERSIONS = ("1.27", "1.30", "1.33")
@@ -61,31 +61,10 @@ def container_of(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def chat_spec(base: str, *, usage_tracking: bool = False) -> ServingEndpointSpec:
-    document: dict[str, Any] = {
-        "config": {
-            "served_entities": [
-                {
-                    "external_model": {
-                        "name": "gpt-4o-mini",
-                        "provider": "openai",
-                        "task": "llm/v1/chat",
-                        "openai_config": {
-                            "openai_api_base": base,
-                            "openai_api_key": "{{secrets/keys/openai}}",
-                        },
-                    }
-                }
-            ]
-        }
-    }
+    document = spec_document(base, {"openai_api_key": "{{secrets/keys/openai}}"})
     if usage_tracking:
         document["ai_gateway"] = {"usage_tracking_config": {"enabled": True}}
     return ServingEndpointSpec.model_validate(document)
-
-
-def secret(name: str, data: dict[str, str]) -> dict[str, Any]:
-    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
 
 
 def config_map(name: str, data: dict[str, str]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ namespaced (Role) install.
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from tests.k8s.reviews import ReviewAuthority, service_account
 from tests.operator.kubelet import Pod
 from tests.operator.test_operator import condition, roll_out, status_of
 from tests.operator.test_operator import wait_for as waiting
+from tests.operator.test_pod_runs import secret
 
 NS = "team-a"
 SYSTEM = "servegate-system"
@@ -139,18 +139,6 @@ def kubectl_apply(cluster: EmulatedCluster, document: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(document))
 
 
-def key_secret() -> dict[str, Any]:
-    """``kubectl create secret generic openai --from-literal=api_key=...`` (as YAML: the
-    emulator takes no protobuf, which kubectl's generators send)."""
-    encoded = base64.b64encode(KEY.encode()).decode()
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "openai"},
-        "data": {"api_key": encoded},
-    }
-
-
 def example(name: str, base: str) -> dict[str, Any]:
     document: dict[str, Any] = yaml.safe_load((REPO / "examples" / "embeddings.yaml").read_text())
     document["metadata"]["name"] = name
@@ -197,7 +185,9 @@ def test_the_documented_install_runs_with_the_rbac_it_grants(
                 assert cluster.get("kopf.dev/v1/kopfpeerings", namespace, "servegate")
 
         # The README's walkthrough: a Secret, the embeddings example, READY, a query.
-        kubectl_apply(cluster, key_secret())
+        # kubectl create secret generic openai --from-literal=api_key=... (as YAML: the emulator
+        # takes no protobuf, which kubectl's generators send)
+        kubectl_apply(cluster, secret("openai", {"api_key": KEY}))
         kubectl_apply(cluster, example("embeddings", sim))
         rendered = wait_for(
             "the gateway Deployment",
@@ -205,15 +195,15 @@ def test_the_documented_install_runs_with_the_rbac_it_grants(
             timeout=30,
         )
         config_map = cluster.get("v1/configmaps", NS, "servegate-ep-embeddings")
-        secret = cluster.get("v1/secrets", NS, "openai")
-        assert config_map is not None and secret is not None
+        key_secret = cluster.get("v1/secrets", NS, "openai")
+        assert config_map is not None and key_secret is not None
         spec = rendered["spec"]["template"]["spec"]
         account = spec["serviceAccountName"]
         gateway_pod = Pod(
             rendered,
             {
                 ("ConfigMap", config_map["metadata"]["name"]): config_map,
-                ("Secret", "openai"): secret,
+                ("Secret", "openai"): key_secret,
             },
             tmp_path / "gateway",
         )

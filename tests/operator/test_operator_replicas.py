@@ -76,6 +76,7 @@ class Replica:
 
 @pytest.fixture
 def replicas(cluster: EmulatedCluster, tmp_path: Path) -> Iterator[list[Replica]]:
+    """The replicas a test starts, killed at its end."""
     started: list[Replica] = []
     # No peering object: the first replica applies it.
     cluster.create(secret("openai", {"api_key": "sk-x"}))
@@ -90,15 +91,24 @@ def peers(cluster: EmulatedCluster) -> dict[str, Any]:
     return {pod: info for pod, info in (body.get("status") or {}).items() if info}
 
 
+def leader_and_standby(
+    cluster: EmulatedCluster, tmp_path: Path, replicas: list[Replica]
+) -> tuple[Replica, Replica]:
+    """operator-a (priority 200), then operator-b (100), each once it is in the peering."""
+    started = []
+    for name, priority in (("operator-a", 200), ("operator-b", 100)):
+        replica = Replica(cluster, tmp_path, name, priority=priority)
+        replicas.append(replica)
+        wait_for(f"{name} in the peering", lambda name=name: name in peers(cluster), timeout=30)
+        started.append(replica)
+    leader, standby = started
+    return leader, standby
+
+
 def test_the_highest_priority_works_and_a_clean_stop_hands_over_at_once(
     cluster: EmulatedCluster, tmp_path: Path, replicas: list[Replica]
 ) -> None:
-    leader = Replica(cluster, tmp_path, "operator-a", priority=200)
-    replicas.append(leader)
-    wait_for("the leader in the peering", lambda: "operator-a" in peers(cluster), timeout=30)
-    standby = Replica(cluster, tmp_path, "operator-b", priority=100)
-    replicas.append(standby)
-    wait_for("the standby in the peering", lambda: "operator-b" in peers(cluster), timeout=30)
+    leader, standby = leader_and_standby(cluster, tmp_path, replicas)
     assert {pod: info["priority"] for pod, info in peers(cluster).items()} == {
         "operator-a": 200,
         "operator-b": 100,
@@ -126,12 +136,7 @@ def test_the_highest_priority_works_and_a_clean_stop_hands_over_at_once(
 def test_a_crashed_leader_is_replaced_after_the_peering_lifetime(
     cluster: EmulatedCluster, tmp_path: Path, replicas: list[Replica]
 ) -> None:
-    leader = Replica(cluster, tmp_path, "operator-a", priority=200)
-    replicas.append(leader)
-    wait_for("the leader in the peering", lambda: "operator-a" in peers(cluster), timeout=30)
-    standby = Replica(cluster, tmp_path, "operator-b", priority=100)
-    replicas.append(standby)
-    wait_for("the standby in the peering", lambda: "operator-b" in peers(cluster), timeout=30)
+    leader, standby = leader_and_standby(cluster, tmp_path, replicas)
 
     leader.stop(signal.SIGKILL)  # an OOM kill, a lost node: no goodbye in the peering
     killed = time.monotonic()
