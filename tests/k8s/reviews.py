@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import kmock
 import yaml
@@ -256,16 +256,8 @@ class ReviewAuthority:
     def _check_caller(self, request: kmock.Request, resource: kmock.resource) -> None:
         caller = self._caller(request)
         attributes = Attributes("create", str(resource.group), str(resource.plural))
-        if not _rbac(self.cluster.emulator, caller.username, caller.groups, attributes)[0]:
-            raise api_error(
-                403,
-                "Forbidden",
-                f'{resource.plural}.{resource.group} is forbidden: User "{caller.username}" '
-                f'cannot create resource "{resource.plural}" in API group "{resource.group}" '
-                "at the cluster scope",
-                group=resource.group,
-                kind=resource.plural,
-            )
+        if not self._allows(caller, attributes):
+            self._refuse(request, caller, attributes)
 
     def _authorize(self, request: kmock.Request) -> None:
         """:attr:`ServegateKubernetes.authorize`: 401 or 403 unless RBAC allows it."""
@@ -285,37 +277,47 @@ class ReviewAuthority:
             namespace=request.namespace or "",
             name=(request.name or "") if named else "",
         )
-        if not _rbac(self.cluster.emulator, caller.username, caller.groups, attributes)[0]:
+        if not self._allows(caller, attributes):
             self._refuse(request, caller, attributes)
         if verb == "patch" and self._apply_creates(request):
             # kube-apiserver authorizes an apply that creates the object as a create too.
             creating = Attributes("create", group, resource, request.namespace or "", "")
-            if not _rbac(self.cluster.emulator, caller.username, caller.groups, creating)[0]:
+            if not self._allows(caller, creating):
                 self._refuse(request, caller, creating)
 
         if group == RBAC_GROUP and plural in BINDINGS and verb in {"create", "update", "patch"}:
             self._authorize_binding(request, caller, plural)
 
-    def _refuse(self, request: kmock.Request, caller: Identity, attributes: Attributes) -> None:
-        """403, worded as kube-apiserver words it."""
+    def _allows(self, caller: Identity, attributes: Attributes) -> bool:
+        return _rbac(self.cluster.emulator, caller.username, caller.groups, attributes)[0]
+
+    def _refuse(
+        self,
+        request: kmock.Request,
+        caller: Identity,
+        attributes: Attributes,
+        why: str | None = None,
+    ) -> NoReturn:
+        """403, worded as kube-apiserver words it; recorded in ``denied``. ``why`` replaces
+        the usual "User ... cannot <verb> resource ..." (the escalation check's wording)."""
         self.denied.append((caller.username, attributes))
         assert request.resource is not None
         group, plural = str(request.resource.group), str(request.resource.plural)
         qualified = f"{plural}.{group}" if group else plural
-        subject = f'{qualified} "{attributes.name}"' if attributes.name else qualified
+        name = request.name if why else attributes.name
+        subject = f'{qualified} "{name}"' if name else qualified
         where = (
             f'in the namespace "{request.namespace}"'
             if request.namespace
             else "at the cluster scope"
         )
+        why = why or (
+            f'User "{caller.username}" cannot {attributes.verb} resource '
+            f'"{attributes.resource}" in API group "{group}" {where}'
+        )
+        details = {"name": request.name} if request.name else {}
         raise api_error(
-            403,
-            "Forbidden",
-            f'{subject} is forbidden: User "{caller.username}" cannot {attributes.verb} '
-            f'resource "{attributes.resource}" in API group "{group}" {where}',
-            name=request.name or "",
-            group=group,
-            kind=plural,
+            403, "Forbidden", f"{subject} is forbidden: {why}", group=group, kind=plural, **details
         )
 
     def _apply_creates(self, request: kmock.Request) -> bool:
@@ -347,17 +349,13 @@ class ReviewAuthority:
             namespace=request.namespace or "",
             name=str(ref.get("name") or ""),
         )
-        if not _rbac(self.cluster.emulator, caller.username, caller.groups, attributes)[0]:
-            self.denied.append((caller.username, attributes))
-            raise api_error(
-                403,
-                "Forbidden",
-                f'{plural}.{RBAC_GROUP} "{request.name or ""}" is forbidden: user '
-                f'"{caller.username}" is attempting to grant RBAC permissions not currently '
-                f'held, and has no "bind" on {kind} "{attributes.name}"',
-                name=request.name or "",
-                group=RBAC_GROUP,
-                kind=plural,
+        if not self._allows(caller, attributes):
+            self._refuse(
+                request,
+                caller,
+                attributes,
+                why=f'user "{caller.username}" is attempting to grant RBAC permissions not '
+                f'currently held, and has no "bind" on {kind} "{attributes.name}"',
             )
 
     def _token_review(self, request: kmock.Request) -> JSON:
