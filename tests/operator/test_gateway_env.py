@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import kubernetes_validate
 import pytest
@@ -36,7 +35,7 @@ from servegate_operator.render.gateway import (
     render_service_account,
 )
 from servegate_operator.settings import CaBundle, GatewayDefaults, SecretKey, settings_from_env
-from tests.conftest import BackgroundLoop, GatewayProcess
+from tests.conftest import BackgroundLoop, GatewayProcess, http_chat
 from tests.egress import EgressProxy, serve_tls
 from tests.operator.kubelet import Pod
 from tests.operator.test_pod_runs import secret, spec_document
@@ -351,17 +350,6 @@ def network(background_loop: BackgroundLoop) -> Iterator[Network]:
     network.close()
 
 
-async def ask(url: str) -> int:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{url}/serving-endpoints/chat/invocations",
-            json={"messages": [{"role": "user", "content": "hi"}]},
-        ) as response,
-    ):
-        return response.status
-
-
 async def usage_rows(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -415,7 +403,7 @@ def test_the_rendered_pod_goes_through_the_proxy_trusts_the_bundle_and_records(
     assert pod.env["SERVEGATE_RECORDS_DSN"] == dsn
     process = GatewayProcess(pod.args, tmp_path / "pod.log", env=pod.env, port_zero=False)
     try:
-        assert run(ask(process.url)) == 200
+        assert run(http_chat(process.url, "chat"))[0] == 200
         # The provider's hostname resolves nowhere: the request went through the proxy, as
         # TLS (verified against the mounted bundle) inside the tunnel.
         tunnels = network.proxy.tunnels
