@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -222,3 +223,16 @@ def redis_commands(port: int) -> int:
             if name not in SCRIPT_INTERNAL:
                 total += int(stats.split(",")[0].removeprefix("calls="))
     return total
+
+
+def _exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def enter_main(load_cpus: str | None) -> None:
+    """A bench entry point's first step: SIGTERM unwinds like Ctrl-C (so every ``with``
+    stops what it started), and this process runs on the load CPU (its children inherit
+    it)."""
+    signal.signal(signal.SIGTERM, _exit)
+    if load_cpus:
+        os.sched_setaffinity(0, {int(load_cpus)})

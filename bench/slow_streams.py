@@ -45,7 +45,6 @@ import json
 import os
 import random
 import resource
-import signal
 import socket
 import statistics
 import sys
@@ -55,14 +54,13 @@ import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 
 import aiohttp
 import fake_upstream
 import machine
 import snapshot
 from gateway_config import SLOW, GatewayConfig, write_config
-from procs import Proc, ProcessFailed, free_port, rss_kib
+from procs import Proc, ProcessFailed, enter_main, free_port, rss_kib
 from report import (
     TARGET_SLOW_MIB,
     TARGET_SLOW_STREAMS,
@@ -688,15 +686,9 @@ def summary(result: SlowStreams) -> str:
     )
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    if settings.load_cpus:
-        os.sched_setaffinity(0, {int(settings.load_cpus)})  # children inherit it
+    enter_main(settings.load_cpus)
     result = SlowStreams(streams=settings.streams)
     try:
         with tempfile.TemporaryDirectory(prefix="servegate-slow-") as tmp, ExitStack() as stack:

@@ -17,7 +17,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import machine
 import snapshot
 from drivers import DriverFailed, LoadResult
 from gateway_config import CHAT, EMBED, GOVERNED
-from procs import Proc, ProcessFailed, rss_by_pid_kib, rss_kib
+from procs import Proc, ProcessFailed, enter_main, rss_by_pid_kib, rss_kib
 from report import GatewayFacts, Run
 from scenarios import GatewaySpec, chat
 from suite import Bench, Env, Settings, smoke, start_services
@@ -540,15 +539,9 @@ def run_soak(soak: Soak, tmp: Path, stack: ExitStack) -> None:
     soak.finished = True
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    if settings.load_cpus:
-        os.sched_setaffinity(0, {int(settings.load_cpus)})  # children inherit it
+    enter_main(settings.load_cpus)
     soak = Soak(settings=settings, machine=machine.describe())
     if not settings.gateway_cpus:
         soak.notes.append("fewer than 2 CPUs available: nothing was pinned.")

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,6 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import drivers
 import fake_kube
@@ -37,6 +35,7 @@ from procs import (
     ProcessFailed,
     cpu_seconds,
     cpu_split,
+    enter_main,
     free_port,
     redis_commands,
     rss_each_kib,
@@ -489,6 +488,24 @@ def gateways(settings: Settings, workers_flag: bool, run: Run) -> list[GatewaySp
     return specs
 
 
+def start_helper(
+    script: str, args: list[str], log_dir: Path, cpus: str | None, stack: ExitStack
+) -> str:
+    """One of bench/'s servers (``python SCRIPT --port P ARGS``) on a free port, on the load
+    CPU; its URL once the port is open. ``stack`` stops it."""
+    port = free_port()
+    name = Path(script).stem.replace("_", "-")
+    proc = Proc(
+        name,
+        [sys.executable, str(HERE / script), "--port", str(port), *args],
+        log_dir / f"{name}.log",
+        cpus,
+    )
+    stack.callback(proc.stop)
+    proc.wait_port(port)
+    return f"http://127.0.0.1:{port}"
+
+
 def start_services(settings: Settings, env_tmp: Path, stack: ExitStack, run: Run) -> Env:
     servegate_env = snapshot.take(env_tmp / "src", settings.servegate_ref)
     uvloop = snapshot.uses_uvloop(env_tmp / "src", servegate_env)
@@ -500,28 +517,16 @@ def start_services(settings: Settings, env_tmp: Path, stack: ExitStack, run: Run
     run.machine["servegate"] = snapshot.describe(settings.servegate_ref) + (
         ", copied at the start of the run"
     )
-    port = free_port()
-    argv = [sys.executable, str(HERE / "fake_upstream.py"), "--port", str(port)]
-    upstream = Proc(
-        "fake-upstream",
-        [*argv, "--chunks", str(CHUNKS)],
-        env_tmp / "upstream.log",
-        settings.load_cpus,
+    url = start_helper(
+        "fake_upstream.py", ["--chunks", str(CHUNKS)], env_tmp, settings.load_cpus, stack
     )
-    stack.callback(upstream.stop)
-    upstream.wait_port(port)
-    url = f"http://127.0.0.1:{port}"
-    kport = free_port()
-    argv = [sys.executable, str(HERE / "fake_kube.py"), "--port", str(kport)]
-    kube = Proc(
-        "fake-kube",
-        [*argv, "--latency-ms", str(KUBE_LATENCY_MS)],
-        env_tmp / "fake-kube.log",
+    kube_url = start_helper(
+        "fake_kube.py",
+        ["--latency-ms", str(KUBE_LATENCY_MS)],
+        env_tmp,
         settings.load_cpus,
+        stack,
     )
-    stack.callback(kube.stop)
-    kube.wait_port(kport)
-    kube_url = f"http://127.0.0.1:{kport}"
     run.settings["fake Kubernetes API server"] = (
         f"bench/fake_kube.py, plain HTTP, {KUBE_LATENCY_MS:g} ms per review, on the load CPU; "
         f"`{KUBE_ONE}` checks callers with it"
@@ -574,15 +579,9 @@ def start_services(settings: Settings, env_tmp: Path, stack: ExitStack, run: Run
     )
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
     settings = parse_args()
-    signal.signal(signal.SIGTERM, _terminate)
-    if settings.load_cpus:
-        os.sched_setaffinity(0, {int(settings.load_cpus)})  # children inherit it
+    enter_main(settings.load_cpus)
     run = Run(machine=machine.describe(), settings=machine.settings_text(settings.__dict__))
     if not settings.gateway_cpus:
         run.notes.append("fewer than 2 CPUs available: nothing was pinned; the numbers mix.")

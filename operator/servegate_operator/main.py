@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             clusterwide=not args.namespace,
             namespaces=list(args.namespace),
             standalone=args.standalone,
-            peering_name=None if args.standalone else args.peering,
+            peering_name=RUNTIME.peering,
             liveness_endpoint=args.liveness,
             priority=priority,
         )

@@ -41,7 +41,8 @@ def peering_objects(name: str, namespaces: Collection[str]) -> list[dict[str, An
 
 def ensure_peering(k: Kube, name: str, namespaces: Collection[str]) -> None:
     """Apply the peering object(s). A refusal is logged, not raised: the operator still
-    starts, and kopf reports the missing peering in its own way."""
+    starts (the object may exist, only this write refused), and kopf would say nothing of
+    a missing one, so this warning is the one word of it."""
     for obj in peering_objects(name, namespaces):
         where = obj["metadata"].get("namespace", "cluster-wide")
         try:

@@ -16,9 +16,6 @@ namespaced (Role) install.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +32,7 @@ from tests.k8s.reviews import ReviewAuthority, service_account
 from tests.operator.kubelet import Pod
 from tests.operator.test_operator import condition, roll_out, status_of
 from tests.operator.test_operator import wait_for as waiting
+from tests.operator.test_operator_replicas import OperatorProcess
 from tests.operator.test_pod_runs import secret
 
 NS = "team-a"
@@ -71,7 +69,7 @@ def cluster(tmp_path: Path) -> Iterator[EmulatedCluster]:
         yield k8s
 
 
-class OperatorPod:
+class OperatorPod(OperatorProcess):
     """One replica of the applied operator Deployment, run by the stand-in kubelet."""
 
     def __init__(
@@ -89,29 +87,14 @@ class OperatorPod:
         # config reads; here the same identity comes through a kubeconfig.
         identity = service_account(namespace, account, pod=name)
         kubeconfig = authority.kubeconfig(identity, directory / f"{name}.kubeconfig")
-        self.log = directory / f"{name}.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "servegate", *self.pod.args],
-                cwd=REPO,
-                env={**self.pod.env, "KUBECONFIG": str(kubeconfig)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        env = {**self.pod.env, "KUBECONFIG": str(kubeconfig)}
+        super().__init__(directory, name, self.pod.args, env)
 
     def healthy(self) -> bool:
         try:
             return requests.get(f"http://127.0.0.1:{self.pod.ports[8081]}/healthz", timeout=2).ok
         except requests.ConnectionError:
             return False
-
-    def said(self, text: str) -> bool:
-        return text in self.log.read_text(errors="replace")
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout=30)
 
 
 def install(cluster: EmulatedCluster, values: dict[str, Any] | None, directory: Path) -> str:

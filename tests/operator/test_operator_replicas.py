@@ -25,36 +25,19 @@ LIFETIME = 10
 """The shortest ``--peering-lifetime``: a crashed leader is replaced within it."""
 
 
-class Replica:
-    """One ``servegate operator`` process, as one pod of the operator's Deployment runs it
-    (``POD_ID`` is kopf's identity in the peering object)."""
+class OperatorProcess:
+    """One ``servegate operator`` process writing its JSON log to ``<directory>/<name>.log``."""
 
-    def __init__(
-        self, cluster: EmulatedCluster, directory: Path, name: str, priority: int | None
-    ) -> None:
+    def __init__(self, directory: Path, name: str, args: list[str], env: dict[str, str]) -> None:
         self.name = name
         self.log = directory / f"{name}.log"
-        args = [
-            sys.executable,
-            "-m",
-            "servegate",
-            "operator",
-            "--all-namespaces",
-            "--peering=servegate",
-            f"--peering-lifetime={LIFETIME}",
-            f"--liveness=http://127.0.0.1:{free_port()}/healthz",
-        ]
-        if priority is not None:
-            args.append(f"--priority={priority}")
-        env = {
-            **os.environ,
-            **cluster.env,
-            "POD_ID": name,
-            "SERVEGATE_RECONCILE_INTERVAL": "1",
-        }
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "servegate", *args],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
 
     def records(self) -> list[dict[str, Any]]:
@@ -72,6 +55,26 @@ class Replica:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout=30)
+
+
+class Replica(OperatorProcess):
+    """One pod of the operator's Deployment, as its container runs ``servegate operator``
+    (``POD_ID`` is kopf's identity in the peering object)."""
+
+    def __init__(
+        self, cluster: EmulatedCluster, directory: Path, name: str, priority: int | None
+    ) -> None:
+        args = [
+            "operator",
+            "--all-namespaces",
+            "--peering=servegate",
+            f"--peering-lifetime={LIFETIME}",
+            f"--liveness=http://127.0.0.1:{free_port()}/healthz",
+        ]
+        if priority is not None:
+            args.append(f"--priority={priority}")
+        env = {**os.environ, **cluster.env, "POD_ID": name, "SERVEGATE_RECONCILE_INTERVAL": "1"}
+        super().__init__(directory, name, args, env)
 
 
 @pytest.fixture
