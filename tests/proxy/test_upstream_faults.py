@@ -10,6 +10,7 @@ small response cap, so the slow and the oversized cases stay fast.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,7 +21,9 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient
 
+from servegate.ingress.errors import FAULT_REASONS
 from tests.conftest import (
+    REPO,
     Workspace,
     endpoint_doc,
     free_port,
@@ -350,3 +353,11 @@ async def test_a_connect_timeout_is_504_naming_the_connect(
         phrase="Could not connect to provider 'openai' within 0.5 s.",
     )
     assert time.monotonic() - started < 3
+
+
+def test_the_readme_lists_every_fault_reason() -> None:
+    """FAULT_REASONS is what clients may see in ``details[0].reason``: the README's table
+    names each of them, and no other."""
+    readme = (REPO / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(UPSTREAM_[A-Z_]+)` \|", readme, flags=re.MULTILINE))
+    assert listed == set(FAULT_REASONS)

@@ -179,7 +179,7 @@ class UpstreamFault(GatewayError):
         return body
 
 
-#: ``UpstreamFault.reason`` values, documented in docs/errors.md.
+#: ``UpstreamFault.reason`` values, documented in the README ("Errors").
 FAULT_REASONS = (
     "UPSTREAM_UNREACHABLE",  # connection refused, DNS, TLS handshake or verification failed
     "UPSTREAM_CONNECTION_LOST",  # the connection broke before the response was complete
