@@ -175,6 +175,15 @@ def postgres() -> Iterator[PostgresServer]:
         yield server
 
 
+@pytest.fixture
+def private_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of its own, for a test that stops or restarts it."""
+    from tests.records.pg import running_postgres
+
+    with running_postgres() as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def background_loop() -> Iterator[BackgroundLoop]:
     loop = BackgroundLoop()

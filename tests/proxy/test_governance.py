@@ -25,7 +25,6 @@ from tests.conftest import (
     write_auth_file,
     write_yaml,
 )
-from tests.records.conftest import postgres, private_postgres  # noqa: F401 (fixtures)
 from tests.records.pg import PostgresServer
 
 Client = TestClient[Any, Any]
@@ -88,7 +87,7 @@ def gateway(
 async def test_every_request_gets_one_usage_row_and_one_payload_row(
     gateway: Callable[..., Awaitable[Client]],
     openai_sim: str,
-    postgres: PostgresServer,  # noqa: F811
+    postgres: PostgresServer,
 ) -> None:
     doc = endpoint_doc(
         "tracked",
@@ -175,7 +174,7 @@ async def test_every_request_gets_one_usage_row_and_one_payload_row(
 async def test_database_down_requests_still_succeed_and_drops_are_counted(
     gateway: Callable[..., Awaitable[Client]],
     openai_sim: str,
-    private_postgres: PostgresServer,  # noqa: F811
+    private_postgres: PostgresServer,
 ) -> None:
     doc = endpoint_doc(
         "down",

@@ -1,24 +1,15 @@
-"""PostgreSQL for the record tests: the session's server (``postgres``, tests/conftest.py),
-or a fresh one on request.
+"""The record tests' schemas. Their PostgreSQL servers are fixtures of tests/conftest.py:
+the session's (``postgres``), or a fresh one (``private_postgres``).
 
 Tests sharing the session server keep apart by schema (``schema`` fixture) and database
-names; a test that stops and restarts the server takes its own (``private_postgres``).
+names; a test that stops and restarts the server takes its own.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
-
-from tests.records.pg import PostgresServer, running_postgres
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[PostgresServer]:
-    with running_postgres() as server:
-        yield server
 
 
 @pytest.fixture
